@@ -1,0 +1,128 @@
+"""Loss-weighting strategies: equal, fixed, uncertainty weighting, DWA."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from automtl.balance._base import HParam, LossWeighting, register_balancer
+
+__all__ = ["DWA", "EqualWeighting", "FixedWeighting", "UncertaintyWeighting"]
+
+
+@register_balancer("equal")
+class EqualWeighting(LossWeighting):
+    """Sum of the task losses, each with weight 1: ``L = Σ_t L_t``.
+
+    The standard hard-parameter-sharing baseline (e.g. Vandenhende et al., TPAMI 2021, §2).
+    """
+
+    paper = "Sum of losses (baseline; Vandenhende et al., TPAMI 2021)"
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return torch.stack(list(losses.values())).sum(), {t: 1.0 for t in losses}
+
+
+@register_balancer("fixed")
+class FixedWeighting(LossWeighting):
+    """User-given constant weights: ``L = Σ_t w_t L_t``.
+
+    Args:
+        tasks: Every task name.
+        weights: Weight of each task (finite, ``>= 0``); a task left out gets 1.
+
+    Raises:
+        ValueError: A weight is negative or not finite, or names an unknown task.
+    """
+
+    paper = "Fixed linear scalarization (baseline)"
+    hyperparameters = {"weights": HParam(default=None, doc="mapping task -> weight; not searched")}
+
+    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__(tasks)
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(tasks))
+        if unknown:
+            raise ValueError(f"fixed weights name unknown tasks {unknown}")
+        for t, w in weights.items():
+            if not (math.isfinite(float(w)) and float(w) >= 0):
+                raise ValueError(f"fixed weight of task '{t}' must be finite and >= 0, got {w}")
+        self.weights = {t: float(weights.get(t, 1.0)) for t in tasks}
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        w = {t: self.weights[t] for t in losses}
+        return torch.stack([w[t] * loss for t, loss in losses.items()]).sum(), w
+
+
+@register_balancer("uncertainty")
+class UncertaintyWeighting(LossWeighting):
+    """Homoscedastic uncertainty weighting (Kendall, Gal and Cipolla, CVPR 2018, eq. 7).
+
+    With a learned ``s_t = log σ_t²`` per task,
+    ``L = Σ_t ½·exp(−s_t)·L_t + ½·s_t``. For fixed ``L_t`` the minimum is at ``σ_t² = L_t``.
+    The ``s_t`` are parameters of this module (initialised to 0) and are trained by the same
+    optimizer as the network.
+    """
+
+    paper = "Kendall, Gal, Cipolla. Multi-task learning using uncertainty to weigh losses. CVPR 2018, eq. 7"
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        super().__init__(tasks)
+        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
+        self._index = {t: i for i, t in enumerate(self.tasks)}
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        terms, weights = [], {}
+        for t, loss in losses.items():
+            s = self.log_vars[self._index[t]]
+            terms.append(0.5 * torch.exp(-s) * loss + 0.5 * s)
+            weights[t] = float(0.5 * torch.exp(-s.detach()))
+        return torch.stack(terms).sum(), weights
+
+
+@register_balancer("dwa")
+class DWA(LossWeighting):
+    """Dynamic Weight Average (Liu, Johns and Davison, CVPR 2019, eq. 7).
+
+    ``w_t(e) = T·exp(r_t(e−1)/τ) / Σ_i exp(r_i(e−1)/τ)`` with ``r_t(e−1) = L_t(e−1)/L_t(e−2)``,
+    the ratio of task ``t``'s mean training losses over the two previous epochs, and ``T`` the
+    number of tasks, so the weights sum to ``T``. The first two epochs use ``w_t = 1``.
+
+    Args:
+        tasks: Every task name.
+        temperature: τ; the paper uses 2. Searched in [0.5, 5] (log).
+    """
+
+    paper = "Liu, Johns, Davison. End-to-end multi-task learning with attention. CVPR 2019, eq. 7"
+    hyperparameters = {
+        "temperature": HParam(default=2.0, low=0.5, high=5.0, log=True, doc="τ; paper: 2 (softer as it grows)")
+    }
+
+    def __init__(self, tasks: Sequence[str], temperature: float = 2.0) -> None:
+        super().__init__(tasks)
+        if not temperature > 0:
+            raise ValueError(f"DWA temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self._history: list[dict[str, float]] = []
+        self.current = {t: 1.0 for t in self.tasks}
+
+    def on_epoch_end(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
+        self._history.append(dict(mean_losses))
+        self._history = self._history[-2:]
+        if len(self._history) < 2:
+            return
+        prev2, prev1 = self._history
+        ratios = []
+        for t in self.tasks:
+            a, b = prev1.get(t), prev2.get(t)
+            ratios.append(a / b if a is not None and b not in (None, 0.0) and math.isfinite(a / b) else 1.0)
+        r = torch.tensor(ratios, dtype=torch.float64) / self.temperature
+        w = len(self.tasks) * torch.softmax(r, dim=0)
+        self.current = {t: float(w[i]) for i, t in enumerate(self.tasks)}
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        w = {t: self.current[t] for t in losses}
+        return torch.stack([w[t] * loss for t, loss in losses.items()]).sum(), w

@@ -1,0 +1,349 @@
+"""YAML search configurations to validated, typed objects.
+
+Every error is a :class:`~automtl.errors.ConfigError` naming the offending key by its dotted
+path (``train.lr.low``). This module knows nothing of torch or optuna.
+
+A value that the search may vary is written in one of three forms (:class:`ParamSpec`):
+
+* a scalar: fixed (``epochs: 3``);
+* a list: a categorical choice (``batch_size: [64, 128]``);
+* a mapping ``{low, high, log}``: a range (``lr: {low: 1.0e-4, high: 1.0e-2, log: true}``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from automtl.errors import ConfigError
+
+__all__ = ["ParamSpec", "SearchConfig", "SpaceConfig", "load_config", "parse_config", "DEFAULT_STORAGE"]
+
+DEFAULT_STORAGE = "sqlite:///runs/automtl.db"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A fixed value, a categorical choice or a numeric range.
+
+    Attributes:
+        kind: ``fixed``, ``choice`` or ``range``.
+        value: The fixed value (``fixed``).
+        choices: The options (``choice``).
+        low, high: Inclusive bounds (``range``); an int range when both are ints.
+        log: Log-scale range.
+    """
+
+    kind: str
+    value: Any = None
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def to_yaml_value(self) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "choice":
+            return list(self.choices)
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+def parse_param(value: Any, key: str, *, positive: bool = False) -> ParamSpec:
+    """Parse the fixed / choice / range forms above.
+
+    Raises:
+        ConfigError: Malformed form, empty choice, ``low > high``, a non-positive bound on a log
+            scale or where ``positive`` is asked.
+    """
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"low", "high", "log"}
+        if unknown:
+            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key; a range takes low, high, log")
+        for bound in ("low", "high"):
+            if bound not in value:
+                raise ConfigError(f"{key}.{bound}", "missing; a range needs low and high")
+            if isinstance(value[bound], bool) or not isinstance(value[bound], (int, float)):
+                raise ConfigError(f"{key}.{bound}", f"must be a number, got {value[bound]!r}")
+        low, high, log = value["low"], value["high"], value.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{key}.log", f"must be true or false, got {log!r}")
+        if low > high:
+            raise ConfigError(key, f"low ({low}) is greater than high ({high})")
+        if (log or positive) and low <= 0:
+            raise ConfigError(f"{key}.low", f"must be > 0{' on a log scale' if log else ''}, got {low}")
+        return ParamSpec("range", low=low, high=high, log=log)
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(key, "an empty list offers no choice")
+        if positive and any(not isinstance(v, (int, float)) or v <= 0 for v in value):
+            raise ConfigError(key, f"every choice must be a positive number, got {value}")
+        return ParamSpec("choice", choices=tuple(value))
+    if positive and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigError(key, f"must be a positive number, a list of them or a range, got {value!r}")
+    return ParamSpec("fixed", value=value)
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The architecture and balancing part of the search space.
+
+    Attributes:
+        max_groups: At most this many task groups leave the shared trunk.
+        group_split_points: Branching points at which a group may leave the trunk
+            (``n_blocks`` means never); ``None``: every point.
+        task_split_points: Branching points at which a task may leave its group; ``None``: every.
+        balancers: Balancer name -> hyperparameter overrides (each a :class:`ParamSpec`).
+    """
+
+    max_groups: int = 3
+    group_split_points: tuple[int, ...] | None = None
+    task_split_points: tuple[int, ...] | None = None
+    balancers: dict[str, dict[str, ParamSpec]] = field(default_factory=lambda: {"equal": {}})
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A whole search configuration.
+
+    Attributes:
+        name: Study name by default.
+        data: Registered data-set name (or ``module:function``).
+        data_options: Keyword options of the data-set factory.
+        task_overrides: Per task, ``loss`` and/or ``metric`` names replacing the defaults.
+        backbone: Registered backbone name (or ``module:function``).
+        backbone_options: Keyword options of the backbone factory.
+        space: Tree and balancer search space.
+        train: Training hyperparameters as :class:`ParamSpec` (epochs, batch_size, lr,
+            weight_decay, optimizer).
+        n_trials: Total finished trials the search aims for (resumption counts earlier ones).
+        timeout: Seconds after which no new trial starts; ``None``: no limit.
+        sampler: ``tpe`` or ``random``.
+        pruner: ``median`` or ``none``.
+        seed: Seeds the sampler and every trial's training.
+        objective: ``mean_score`` (see :func:`automtl.metrics.aggregate_score`).
+        storage: Optuna storage URL; default ``sqlite:///runs/automtl.db``.
+        study_name: Default: ``name``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        source: The path the config was read from, if any.
+        raw: The mapping it was parsed from (stored with the study and in exports).
+    """
+
+    name: str
+    data: str
+    data_options: dict[str, Any]
+    task_overrides: dict[str, dict[str, str]]
+    backbone: str
+    backbone_options: dict[str, Any]
+    space: SpaceConfig
+    train: dict[str, ParamSpec]
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    objective: str = "mean_score"
+    storage: str = DEFAULT_STORAGE
+    study_name: str = ""
+    device: str = "auto"
+    source: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+_TOP_KEYS = {"name", "data", "tasks", "backbone", "space", "train", "search", "device"}
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 5,
+    "batch_size": 128,
+    "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "weight_decay": 1.0e-4,
+    "optimizer": "adamw",
+}
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _reject_unknown(d: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for k in d:
+        if k not in allowed:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(where, f"unknown key; expected one of {sorted(allowed)}")
+
+
+def _named(value: Any, key: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``{name: ..., options: {...}}``."""
+    if isinstance(value, str):
+        return value, {}
+    d = _mapping(value, key)
+    _reject_unknown(d, {"name", "options"}, key)
+    if not isinstance(d.get("name"), str) or not d["name"]:
+        raise ConfigError(f"{key}.name", "missing or not a string")
+    return d["name"], _mapping(d.get("options"), f"{key}.options")
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _points(value: Any, key: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of branching points")
+    return tuple(_int(v, f"{key}[{i}]", 0) for i, v in enumerate(value))
+
+
+def _parse_space(d: dict[str, Any]) -> SpaceConfig:
+    _reject_unknown(d, {"max_groups", "group_split_points", "task_split_points", "balancers"}, "space")
+    raw_bal = d.get("balancers", ["equal"])
+    balancers: dict[str, dict[str, ParamSpec]] = {}
+    if isinstance(raw_bal, str):
+        raw_bal = [raw_bal]
+    if isinstance(raw_bal, list):
+        if not raw_bal:
+            raise ConfigError("space.balancers", "needs at least one balancer")
+        for i, name in enumerate(raw_bal):
+            if not isinstance(name, str):
+                raise ConfigError(f"space.balancers[{i}]", f"must be a balancer name, got {name!r}")
+            balancers[name] = {}
+    elif isinstance(raw_bal, Mapping):
+        if not raw_bal:
+            raise ConfigError("space.balancers", "needs at least one balancer")
+        for name, hp in raw_bal.items():
+            hp = _mapping(hp, f"space.balancers.{name}")
+            balancers[str(name)] = {k: parse_param(v, f"space.balancers.{name}.{k}") for k, v in hp.items()}
+    else:
+        raise ConfigError("space.balancers", "must be a list of names or a mapping name -> hyperparameters")
+    return SpaceConfig(
+        max_groups=_int(d.get("max_groups", 3), "space.max_groups", 1),
+        group_split_points=_points(d.get("group_split_points"), "space.group_split_points"),
+        task_split_points=_points(d.get("task_split_points"), "space.task_split_points"),
+        balancers=balancers,
+    )
+
+
+def _parse_train(d: dict[str, Any]) -> dict[str, ParamSpec]:
+    _reject_unknown(d, set(_TRAIN_DEFAULTS), "train")
+    merged = {**_TRAIN_DEFAULTS, **d}
+    spec = {
+        "epochs": ParamSpec("fixed", value=_int(merged["epochs"], "train.epochs", 1)),
+        "batch_size": parse_param(merged["batch_size"], "train.batch_size", positive=True),
+        "lr": parse_param(merged["lr"], "train.lr", positive=True),
+        "weight_decay": parse_param(merged["weight_decay"], "train.weight_decay"),
+        "optimizer": parse_param(merged["optimizer"], "train.optimizer"),
+    }
+    for key, p in spec.items():
+        if key == "batch_size" and p.kind == "range" and not p.is_int:
+            raise ConfigError("train.batch_size", "a range of batch sizes needs integer bounds")
+        if key == "weight_decay":
+            vals = [p.value] if p.kind == "fixed" else list(p.choices) if p.kind == "choice" else [p.low]
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in vals):
+                raise ConfigError("train.weight_decay", f"must be a number >= 0 (or choices/range of them), got {merged[key]!r}")
+    return spec
+
+
+def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchConfig:
+    """Validate a configuration mapping.
+
+    Args:
+        raw: The parsed YAML.
+        source: Where it came from (its stem is the default ``name``).
+
+    Raises:
+        ConfigError: Naming the first offending key.
+    """
+    top = _mapping(raw, "(top level)")
+    _reject_unknown(top, _TOP_KEYS, "")
+    name = top.get("name") or (Path(source).stem if source else None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name", "missing (and no file name to default to)")
+    if "data" not in top:
+        raise ConfigError("data", "missing; name a data set, e.g. data: {name: fashion_scenes}")
+    data, data_options = _named(top["data"], "data")
+    backbone, backbone_options = _named(top.get("backbone", "mlp"), "backbone")
+    tasks = _mapping(top.get("tasks"), "tasks")
+    overrides: dict[str, dict[str, str]] = {}
+    for task, ov in tasks.items():
+        ov = _mapping(ov, f"tasks.{task}")
+        _reject_unknown(ov, {"loss", "metric"}, f"tasks.{task}")
+        for k, v in ov.items():
+            if not isinstance(v, str):
+                raise ConfigError(f"tasks.{task}.{k}", f"must be a registered name, got {v!r}")
+        overrides[str(task)] = ov
+    search = _mapping(top.get("search"), "search")
+    _reject_unknown(
+        search, {"n_trials", "timeout", "sampler", "pruner", "seed", "objective", "storage", "study_name"}, "search"
+    )
+    timeout = search.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ConfigError("search.timeout", f"must be a positive number of seconds or null, got {timeout!r}")
+    sampler = search.get("sampler", "tpe")
+    if sampler not in ("tpe", "random"):
+        raise ConfigError("search.sampler", f"must be 'tpe' or 'random', got {sampler!r}")
+    pruner = search.get("pruner", "median")
+    if pruner not in ("median", "none"):
+        raise ConfigError("search.pruner", f"must be 'median' or 'none', got {pruner!r}")
+    objective = search.get("objective", "mean_score")
+    if objective not in ("mean_score",):
+        raise ConfigError("search.objective", f"must be 'mean_score', got {objective!r}")
+    for key in ("storage", "study_name"):
+        if search.get(key) is not None and not isinstance(search[key], str):
+            raise ConfigError(f"search.{key}", f"must be a string, got {search[key]!r}")
+    device = top.get("device", "auto")
+    if not isinstance(device, str):
+        raise ConfigError("device", f"must be a string such as auto, cpu or cuda, got {device!r}")
+    seed = search.get("seed", 0)
+    return SearchConfig(
+        name=name,
+        data=data,
+        data_options=data_options,
+        task_overrides=overrides,
+        backbone=backbone,
+        backbone_options=backbone_options,
+        space=_parse_space(_mapping(top.get("space"), "space")),
+        train=_parse_train(_mapping(top.get("train"), "train")),
+        n_trials=_int(search.get("n_trials", 20), "search.n_trials", 1),
+        timeout=float(timeout) if timeout is not None else None,
+        sampler=sampler,
+        pruner=pruner,
+        seed=_int(seed, "search.seed", 0),
+        objective=objective,
+        storage=search.get("storage") or DEFAULT_STORAGE,
+        study_name=search.get("study_name") or name,
+        device=device,
+        source=source,
+        raw=dict(top),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> SearchConfig:
+    """Read and validate a YAML search configuration.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ConfigError: Invalid YAML or an invalid key (the message names it).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("(file)", f"{path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raise ConfigError("(file)", f"{path} is empty")
+    return parse_config(raw, str(path))

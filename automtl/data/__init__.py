@@ -1,0 +1,10 @@
+"""Named multi-task data sets as tensors with per-task labels and label masks."""
+
+from __future__ import annotations
+
+from automtl.data._base import DATASETS, SPLITS, MultiTaskData, Split, load_dataset, register_dataset
+
+# Importing the modules registers their data sets.
+from automtl.data import _csv, _fashion_scenes, _star  # noqa: E402,F401  isort: skip
+
+__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "load_dataset", "register_dataset"]

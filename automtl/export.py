@@ -1,0 +1,168 @@
+"""A self-contained bundle of one architecture (spec + weights + metrics) and its loader.
+
+Bundle layout (``DIR``):
+
+* ``tree.yaml``: the :class:`~automtl.tree.BranchTree`, with its drawing as a comment;
+* ``model.yaml``: backbone name and options, input shape, task descriptions;
+* ``weights.safetensors``: the network's state dict;
+* ``config.yaml``: the search configuration the trial came from;
+* ``candidate.yaml``: balancer, its hyperparameters, training hyperparameters;
+* ``metrics.json``: validation and test metrics, the trial, and which split selected it.
+
+:func:`load` needs only the bundle; :func:`evaluate_bundle` also rebuilds the data set from
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+
+from automtl.backbones import create_backbone
+from automtl.build import BranchedNet, resolve_device
+from automtl.config import parse_config
+from automtl.experiment import prepare
+from automtl.metrics import METRICS, aggregate_score
+from automtl.search import artifact_dir, study_config
+from automtl.tasks import TaskSpec
+from automtl.train import evaluate
+from automtl.tree import BranchTree
+
+__all__ = ["evaluate_bundle", "export_trial", "load"]
+
+
+def _pick_trial(study: optuna.Study, trial_number: int | None) -> optuna.trial.FrozenTrial:
+    if trial_number is None:
+        try:
+            return study.best_trial
+        except ValueError as exc:
+            raise LookupError(f"study '{study.study_name}' has no complete trial to export") from exc
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+    if not trials:
+        raise LookupError(f"study '{study.study_name}' has no trial {trial_number}")
+    if trials[0].state != TrialState.COMPLETE:
+        raise LookupError(f"trial {trial_number} is {trials[0].state.name.lower()}, not complete; it has no weights")
+    return trials[0]
+
+
+def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLike[str], trial_number: int | None = None) -> dict[str, Any]:
+    """Write the bundle of the best trial (or trial ``trial_number``) to ``out_dir``.
+
+    The trial was selected on validation data; the test split is read here, once, to
+    report its metrics.
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        LookupError: No complete trial, or no trial of that number.
+        FileNotFoundError: The trial's weights are missing from the artifact store.
+    """
+    trial = _pick_trial(study, trial_number)
+    config = study_config(study)
+    experiment = prepare(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    candidate = trial.user_attrs["candidate"]
+    tree = BranchTree.from_dict(candidate["tree"])
+    store = FileSystemArtifactStore(str(artifact_dir(storage_url)))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_file = os.path.join(tmp, "weights.safetensors")
+        try:
+            download_artifact(artifact_store=store, file_path=tmp_file, artifact_id=trial.user_attrs["weights_artifact"])
+        except Exception as exc:  # the store raises its own types for a missing file
+            raise FileNotFoundError(
+                f"weights of trial {trial.number} not found in {artifact_dir(storage_url)}: {exc}"
+            ) from exc
+        shutil.copyfile(tmp_file, out / "weights.safetensors")
+    block_names = list(experiment.backbone.block_names)
+    (out / "tree.yaml").write_text(
+        "".join(f"# {line}\n" for line in tree.render(block_names).splitlines()) + tree.to_yaml()
+    )
+    model_spec = {
+        "backbone": config.backbone,
+        "backbone_options": config.backbone_options,
+        "input_shape": list(experiment.data.input_shape),
+        "tasks": [t.to_dict() for t in experiment.data.tasks],
+    }
+    (out / "model.yaml").write_text(yaml.safe_dump(model_spec, sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
+    (out / "candidate.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in candidate.items() if k != "tree"}, sort_keys=False)
+    )
+    val = evaluate_bundle(out, "val")
+    test = evaluate_bundle(out, "test")
+    tasks = experiment.data.tasks
+    metrics = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "selected_on": "val",
+        "objective": "mean_score (mean over tasks of direction-adjusted metric; higher is better)",
+        "search_val_score": trial.value,
+        "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
+        "val": val,
+        "val_score": aggregate_score(val, tasks),
+        "test": test,
+        "test_score": aggregate_score(test, tasks),
+        "n_params": trial.user_attrs.get("n_params"),
+    }
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    return metrics
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def load(bundle: str | os.PathLike[str], device: str | torch.device | None = "cpu") -> BranchedNet:
+    """Load an exported bundle as a :class:`~automtl.build.BranchedNet` in eval mode.
+
+    Its ``forward(x)`` takes ``[N, *input_shape]`` and returns ``{task: output}`` (logits, or
+    standardized regression values); :meth:`BranchedNet.predict` gives probabilities and
+    regression values in their original unit.
+
+    Raises:
+        FileNotFoundError: A bundle file is missing.
+    """
+    path = Path(bundle)
+    for name in ("tree.yaml", "model.yaml", "weights.safetensors"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} is missing; is {path} an automtl export?")
+    spec = yaml.safe_load((path / "model.yaml").read_text())
+    tasks = [TaskSpec.from_dict(t) for t in spec["tasks"]]
+    tree = BranchTree.from_yaml((path / "tree.yaml").read_text())
+    backbone = create_backbone(spec["backbone"], spec["input_shape"], **(spec.get("backbone_options") or {}))
+    net = BranchedNet(tree, backbone, tasks)
+    net.load_state_dict(load_file(str(path / "weights.safetensors")))
+    return net.to(resolve_device(device)).eval()
+
+
+def evaluate_bundle(bundle: str | os.PathLike[str], split: str = "test", device: str | None = "cpu") -> dict[str, float]:
+    """Per-task metrics of an exported model on a split of the data set in its ``config.yaml``.
+
+    Raises:
+        FileNotFoundError: A bundle file is missing.
+        ValueError: Unknown split.
+    """
+    path = Path(bundle)
+    net = load(path, device)
+    experiment = prepare(parse_config(yaml.safe_load((path / "config.yaml").read_text())))
+    return evaluate(net, experiment.data.split(split), net.tasks)

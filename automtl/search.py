@@ -1,0 +1,280 @@
+"""The Optuna study: storage, sampler, pruner, resumption, and what each trial records.
+
+Each trial samples a :class:`~automtl.space.Candidate`, trains it with :func:`automtl.train.fit`
+on the training split, and returns the ``mean_score`` of its validation metrics (maximized;
+see :func:`automtl.metrics.aggregate_score`). It records, as trial user attributes:
+
+* ``candidate``: tree, balancer, hyperparameters (``Candidate.to_dict()``);
+* ``tree``: the tree's one-line shape; ``n_params``: parameter count;
+* ``val_metrics``: per-task validation metrics; ``history``: validation score per epoch;
+* ``train_seconds``: training wall time (s);
+* ``weights_artifact``: the Optuna artifact id of its weights (safetensors);
+* ``fail_reason``: why it failed, for a trial whose loss became NaN or infinite.
+
+The study records the configuration (``config``) so that ``show``, ``export`` and a resumed
+search need only the storage and study name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from automtl.balance import create_balancer
+from automtl.build import build_model
+from automtl.config import SearchConfig, parse_config
+from automtl.errors import ConfigError, NonFiniteLossError
+from automtl.experiment import Experiment, prepare
+from automtl.space import SearchSpace
+from automtl.train import EpochResult, fit, seed_everything
+
+__all__ = ["artifact_dir", "finished_trials", "load_study", "open_storage", "run_search", "study_config"]
+
+_SPACE_KEYS = ("data", "tasks", "backbone", "space", "train")
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def artifact_dir(storage_url: str) -> Path:
+    """Where trial weights are kept: ``<sqlite file>.artifacts/``, else ``runs/artifacts``."""
+    db = _sqlite_path(storage_url)
+    return db.with_name(db.name + ".artifacts") if db is not None else Path("runs") / "artifacts"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with a heartbeat, so trials of a killed process are failed and retried.
+
+    A relative SQLite path is relative to the working directory; its folder is created.
+    """
+    db = _sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=120,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+
+
+def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """Load a study; with no name, the storage's only study (or its newest, with a note).
+
+    Raises:
+        LookupError: No study in the storage, or no study of that name.
+    """
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if not names:
+        raise LookupError(f"no study in storage {storage}; run 'automtl search CONFIG' first")
+    if study_name is None:
+        study_name = names[-1]
+    elif study_name not in names:
+        raise LookupError(f"no study '{study_name}' in storage {storage}; studies: {names}")
+    return optuna.load_study(study_name=study_name, storage=store)
+
+
+def study_config(study: optuna.Study) -> SearchConfig:
+    """The configuration a study was created with."""
+    return parse_config(study.user_attrs["config"], study.user_attrs.get("source"))
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count towards ``n_trials``: complete, pruned, or failed for a recorded reason.
+
+    A trial failed by an interruption (Ctrl-C, a killed process) does not count; it is retried.
+    """
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+    ]
+
+
+@dataclass
+class _Objective:
+    experiment: Experiment
+    space: SearchSpace
+    device: str
+    artifacts: FileSystemArtifactStore
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        data = self.experiment.data
+        candidate = self.space.sample(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr("tree", candidate.tree.compact())
+        seed_everything(candidate.train.seed)
+        net = build_model(candidate.tree, self.experiment.backbone, data.tasks, self.device)
+        trial.set_user_attr("n_params", net.num_parameters())
+        balancer = create_balancer(candidate.balancer, data.task_names, **candidate.balancer_params)
+        history: list[float] = []
+
+        def on_epoch(result: EpochResult) -> None:
+            history.append(result.val_score)
+            trial.set_user_attr("history", history)
+            trial.report(result.val_score, result.epoch)
+            if trial.should_prune():
+                trial.set_user_attr("val_metrics", result.val_metrics)
+                raise optuna.TrialPruned(f"pruned after epoch {result.epoch} (val score {result.val_score:.4f})")
+
+        try:
+            result = fit(net, data, balancer, candidate.train, on_epoch=on_epoch)
+        except NonFiniteLossError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        trial.set_user_attr("val_metrics", result.val_metrics)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"trial{trial.number}.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
+            artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=path, study_or_trial=trial)
+        trial.set_user_attr("weights_artifact", artifact_id)
+        return result.val_score
+
+
+def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=5)
+
+
+def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+def _trial_line(trial: FrozenTrial) -> str:
+    metrics = trial.user_attrs.get("val_metrics", {})
+    per_task = " ".join(f"{t}={v:.3f}" for t, v in metrics.items())
+    value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    reason = trial.user_attrs.get("fail_reason", "")
+    return (
+        f"trial {trial.number:>3} {trial.state.name.lower():>8} score={value} "
+        f"balancer={trial.params.get('balancer', '?')} tree=[{trial.user_attrs.get('tree', '?')}] "
+        f"{per_task}{'  ' + reason if reason else ''}"
+    )
+
+
+def run_search(
+    config: SearchConfig,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> optuna.Study:
+    """Run (or resume) the search described by ``config``.
+
+    The study lives in ``storage`` under ``study_name``; running again with the same ones
+    resumes it until ``n_trials`` trials have finished in all. Keyword arguments override the
+    configuration's values.
+
+    Args:
+        config: The search configuration.
+        n_trials: Total finished trials to reach (default ``config.n_trials``).
+        timeout: Seconds after which no new trial starts.
+        storage: Optuna storage URL (default ``config.storage``, SQLite).
+        study_name: Default ``config.study_name``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...
+        seed: Sampler and training seed.
+        progress: Show a tqdm bar over trials with the best value so far.
+        echo: Where to print one line per finished trial with its per-task metrics
+            (default: above the progress bar; ``None`` with ``progress=False``: silent).
+
+    Returns:
+        The study.
+
+    Raises:
+        ConfigError: Invalid configuration, or the study exists with another search space.
+        DataError: The data are absent or malformed.
+    """
+    overrides: dict[str, Any] = {}
+    if storage is not None:
+        overrides["storage"] = storage
+    if study_name is not None:
+        overrides["study_name"] = study_name
+    if device is not None:
+        overrides["device"] = device
+    if seed is not None:
+        overrides["seed"] = seed
+    config = replace(config, **overrides)
+    experiment = prepare(config)
+    space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=open_storage(config.storage),
+        study_name=config.study_name,
+        direction="maximize",
+        sampler=_make_sampler(config),
+        pruner=_make_pruner(config),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", config.raw)
+        study.set_user_attr("source", config.source)
+        study.set_user_attr("objective", "mean_score: mean over tasks of direction-adjusted validation metrics")
+    else:
+        changed = [k for k in _SPACE_KEYS if stored.get(k) != config.raw.get(k)]
+        if changed:
+            raise ConfigError(
+                changed[0],
+                f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
+                "resume it with the original config, or pass --study-name to start a new study",
+            )
+    target = n_trials if n_trials is not None else config.n_trials
+    remaining = max(0, target - len(finished_trials(study)))
+    if remaining == 0:
+        return study
+    artifacts_path = artifact_dir(config.storage)
+    artifacts_path.mkdir(parents=True, exist_ok=True)
+    objective = _Objective(experiment, space, config.device, FileSystemArtifactStore(str(artifacts_path)))
+    bar = tqdm(total=remaining, desc=f"search {config.study_name}", unit="trial", disable=not progress)
+    write = echo or (bar.write if progress else None)
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        bar.update(1)
+        if write is not None:
+            write(_trial_line(trial))
+        try:
+            best = study.best_trial
+            bar.set_postfix_str(f"best={best.value:.4f} (trial {best.number})")
+        except ValueError:
+            pass
+
+    try:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=timeout if timeout is not None else config.timeout,
+            catch=(NonFiniteLossError,),
+            callbacks=[callback],
+        )
+    finally:
+        bar.close()
+    return study

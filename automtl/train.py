@@ -1,0 +1,223 @@
+"""The training loop: masked task losses, a balancer, per-epoch validation, callbacks.
+
+:func:`fit` reads the training and validation splits only; the test split is for
+:func:`evaluate` after model selection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from automtl.balance import Balancer, StepContext
+from automtl.build import BranchedNet
+from automtl.data import MultiTaskData, Split
+from automtl.errors import NonFiniteLossError
+from automtl.losses import masked_loss
+from automtl.metrics import aggregate_score, compute_metric
+from automtl.tasks import TaskSpec
+
+__all__ = ["EpochResult", "FitResult", "TrainConfig", "evaluate", "fit", "predict", "seed_everything"]
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters.
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Samples per optimizer step.
+        lr: Learning rate.
+        weight_decay: Decoupled weight decay (AdamW) or L2 (others).
+        optimizer: ``adamw`` (default), ``adam`` or ``sgd`` (momentum 0.9).
+        seed: Seeds parameter initialisation (via :func:`seed_everything`) and batch order.
+        eval_batch_size: Samples per forward pass in evaluation.
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    seed: int = 0
+    eval_batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{self.optimizer}'; expected one of {sorted(OPTIMIZERS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced.
+
+    Attributes:
+        epoch: 0-based epoch index.
+        train_losses: Mean training loss per task (over the steps where it was labelled).
+        val_metrics: Validation metric per task.
+        val_score: :func:`automtl.metrics.aggregate_score` of ``val_metrics`` (higher is better).
+        seconds: Wall time of the epoch's training and validation, in seconds.
+        weights: Mean weight the balancer gave each task.
+    """
+
+    epoch: int
+    train_losses: dict[str, float]
+    val_metrics: dict[str, float]
+    val_score: float
+    seconds: float
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`fit`: the last epoch's validation scores and the history."""
+
+    history: list[EpochResult]
+
+    @property
+    def val_metrics(self) -> dict[str, float]:
+        return self.history[-1].val_metrics
+
+    @property
+    def val_score(self) -> float:
+        return self.history[-1].val_score
+
+    @property
+    def seconds(self) -> float:
+        return sum(e.seconds for e in self.history)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, and torch's CPU and CUDA, random generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _task_losses(net: BranchedNet, batch: Split) -> dict[str, torch.Tensor]:
+    outputs = net(batch.x)
+    losses = {}
+    for task in net.tasks:
+        loss = masked_loss(task, outputs[task.name], batch.y[task.name], batch.mask[task.name])
+        if loss is not None:
+            losses[task.name] = loss
+    return losses
+
+
+def fit(
+    net: BranchedNet,
+    data: MultiTaskData,
+    balancer: Balancer,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> FitResult:
+    """Train ``net`` on ``data.train`` with ``balancer``; validate on ``data.val`` each epoch.
+
+    Args:
+        net: The network, already on its device; trained in place.
+        data: The data set; only ``train`` and ``val`` are read.
+        balancer: Turns the task losses into gradients; moved to ``net``'s device.
+        config: Training hyperparameters.
+        on_epoch: Called after each epoch's validation (progress, pruning); an exception it
+            raises (e.g. ``optuna.TrialPruned``) ends training and propagates.
+
+    Returns:
+        The per-epoch history; the last epoch's validation metrics are the result.
+
+    Raises:
+        NonFiniteLossError: A task loss is NaN or infinite (names the task, epoch and step).
+    """
+    device = next(net.parameters()).device
+    balancer.to(device)
+    train, val = data.train.to(device), data.val.to(device)
+    params = list(net.parameters()) + list(balancer.parameters())
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    param_groups = net.param_groups()
+    history: list[EpochResult] = []
+    step = 0
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        net.train()
+        loss_sums: dict[str, torch.Tensor] = {}
+        loss_counts: dict[str, int] = {}
+        weight_sums: dict[str, float] = {}
+        for batch in train.batches(config.batch_size, shuffle=True, generator=generator):
+            losses = _task_losses(net, batch)
+            if not losses:
+                continue
+            stacked = torch.stack([loss.detach() for loss in losses.values()])
+            if not bool(torch.isfinite(stacked).all()):
+                bad = next(t for t, loss in losses.items() if not math.isfinite(float(loss)))
+                raise NonFiniteLossError(bad, epoch, step, float(losses[bad]))
+            optimizer.zero_grad(set_to_none=True)
+            weights = balancer.backward(losses, StepContext(param_groups, epoch=epoch, step=step))
+            optimizer.step()
+            for i, t in enumerate(losses):
+                loss_sums[t] = loss_sums.get(t, 0.0) + stacked[i]  # type: ignore[assignment,operator]
+                loss_counts[t] = loss_counts.get(t, 0) + 1
+                weight_sums[t] = weight_sums.get(t, 0.0) + weights.get(t, float("nan"))
+            step += 1
+        mean_losses = {t: float(loss_sums[t]) / loss_counts[t] for t in loss_sums}
+        balancer.on_epoch_end(epoch, mean_losses)
+        val_metrics = evaluate(net, val, net.tasks, config.eval_batch_size)
+        result = EpochResult(
+            epoch=epoch,
+            train_losses=mean_losses,
+            val_metrics=val_metrics,
+            val_score=aggregate_score(val_metrics, net.tasks),
+            seconds=time.perf_counter() - start,
+            weights={t: weight_sums[t] / loss_counts[t] for t in weight_sums},
+        )
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+    return FitResult(history)
+
+
+@torch.no_grad()
+def predict(net: BranchedNet, split: Split, batch_size: int = 2048) -> dict[str, torch.Tensor]:
+    """Raw outputs of ``net`` on a whole split (eval mode), ``{task: [N] or [N, C]}``."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    chunks: dict[str, list[torch.Tensor]] = {t.name: [] for t in net.tasks}
+    for batch in split.batches(batch_size):
+        for t, out in net(batch.x.to(device)).items():
+            chunks[t].append(out)
+    net.train(was_training)
+    return {t: torch.cat(c) for t, c in chunks.items()}
+
+
+def evaluate(net: BranchedNet, split: Split, tasks: Sequence[TaskSpec], batch_size: int = 2048) -> dict[str, float]:
+    """Each task's metric on ``split`` (labelled samples only; NaN where none is labelled)."""
+    outputs = predict(net, split, batch_size)
+    device = next(iter(outputs.values())).device
+    return {
+        t.name: compute_metric(t, outputs[t.name], split.y[t.name].to(device), split.mask[t.name].to(device))
+        for t in tasks
+    }
+
+
+def mean_metrics(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Task-wise mean of several metric dictionaries."""
+    return {t: sum(r[t] for r in runs) / len(runs) for t in runs[0]}

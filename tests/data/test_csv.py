@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from automtl.data import load_dataset
+from automtl.data._csv import csv
+from automtl.data._tabular import TabularEncoder
+from automtl.errors import DataError
+
+pd = pytest.importorskip("pandas", reason="the csv data set needs the data extra: pip install 'automtl[data]'")
+
+# 20 rows; row i (0-based) has id i. Missing labels: score at data row 3, sick at 5, kind at 7.
+GOOD = "id,age,city,score,sick,kind,fold\n" + "".join(
+    f"{i},{'' if i == 4 else 20 + i},{['paris', 'rome', 'oslo'][i % 3]},"
+    f"{'' if i == 2 else 1.5 * i},{'' if i == 4 else i % 2},{'' if i == 6 else 'abc'[i % 3]},"
+    f"{'test' if i >= 17 else 'val' if i >= 14 else 'train'}\n"
+    for i in range(20)
+)
+TARGETS: dict[str, dict[str, Any]] = {
+    "score": {"type": "regression"},
+    "sick": {"type": "binary"},
+    "kind": {"type": "multiclass", "classes": ["a", "b", "c"]},
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "table.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def with_cell(row: int, column: str, value: str, text: str = GOOD) -> str:
+    """``text`` with the cell at 1-based data row ``row`` replaced."""
+    lines = text.splitlines()
+    header = lines[0].split(",")
+    cells = lines[row].split(",")
+    cells[header.index(column)] = value
+    lines[row] = ",".join(cells)
+    return "\n".join(lines) + "\n"
+
+
+def test_good_csv(tmp_path: Path) -> None:
+    data = csv(path=write(tmp_path, GOOD), targets=TARGETS, split_column="fold")
+    assert data.task_names == ["score", "sick", "kind"]
+    assert [t.type for t in data.tasks] == ["regression", "binary", "multiclass"]
+    assert data.task("kind").num_classes == 3 and data.task("kind").classes == ("a", "b", "c")
+    assert [len(data.split(s)) for s in ("train", "val", "test")] == [14, 3, 3]
+    names = data.info["encoding"]["feature_names"]
+    assert names == ["id", "age", "age:missing", "city=oslo", "city=paris", "city=rome"]
+    train = data.train
+    assert train.x.dtype == torch.float32 and bool(torch.isfinite(train.x).all())
+    ids = np.rint(train.x[:, 0].numpy() * data.info["encoding"]["numeric"]["id"]["std"]
+                  + data.info["encoding"]["numeric"]["id"]["mean"]).astype(int)  # fmt: skip
+    assert ids.tolist() == list(range(14)), "split_column honored, file order kept"
+    assert train.mask["score"].tolist() == [i != 2 for i in range(14)]
+    assert train.mask["sick"].tolist() == [i != 4 for i in range(14)]
+    assert train.mask["kind"].tolist() == [i != 6 for i in range(14)]
+    assert train.y["sick"].dtype == torch.float32 and train.y["sick"].tolist() == [(i % 2) * (i != 4) for i in range(14)]
+    assert train.y["kind"].dtype == torch.int64 and train.y["kind"].tolist() == [(i % 3) * (i != 6) for i in range(14)]
+    score = data.task("score")
+    restored = train.y["score"][train.mask["score"]].double() * score.target_std + score.target_mean
+    np.testing.assert_allclose(restored.numpy(), [1.5 * i for i in range(14) if i != 2], atol=1e-5)
+    assert data.info["labelled"]["score"] == {"train": 13, "val": 3, "test": 3}
+    assert float(train.x[4, names.index("age:missing")]) == 1.0 and float(train.x[4, names.index("age")]) == 0.0
+
+
+def test_parquet_round_trip_gives_the_same_tensors(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    from_csv = csv(path=write(tmp_path, GOOD), targets=TARGETS, seed=4)
+    pd.read_csv(tmp_path / "table.csv").to_parquet(tmp_path / "table.parquet")
+    from_parquet = csv(path=str(tmp_path / "table.parquet"), targets=TARGETS, seed=4)
+    assert from_parquet.info["format"] == "parquet"
+    assert from_csv.tasks == from_parquet.tasks
+    for s in ("train", "val", "test"):
+        a, b = from_csv.split(s), from_parquet.split(s)
+        assert torch.equal(a.x, b.x)
+        assert all(torch.equal(a.y[t], b.y[t]) and torch.equal(a.mask[t], b.mask[t]) for t in TARGETS)
+
+
+def test_random_split_is_seeded(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    a, b, c = (csv(path=path, targets=TARGETS, seed=s, val_fraction=0.2, test_fraction=0.2) for s in (1, 1, 2))
+    assert [len(a.split(s)) for s in ("train", "val", "test")] == [12, 4, 4]
+    assert "fold" in a.info["features"], "a split column not named as such is a feature"
+    assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
+
+
+def test_features_option_and_multilabel(tmp_path: Path) -> None:
+    text = "f,l1,l2\n" + "".join(f"{i},{i % 2},{'' if i == 3 else (i // 2) % 2}\n" for i in range(12))
+    targets = {"tags": {"type": "multilabel", "columns": ["l1", "l2"]}}
+    data = csv(path=write(tmp_path, text), targets=targets, features=["f"], val_fraction=0.25, test_fraction=0.25)
+    task = data.task("tags")
+    assert task.type == "multilabel" and task.num_classes == 2
+    all_rows = {s: data.split(s) for s in ("train", "val", "test")}
+    assert all(p.y["tags"].shape == (len(p), 2) and p.y["tags"].dtype == torch.float32 for p in all_rows.values())
+    assert sum(int((~p.mask["tags"]).sum()) for p in all_rows.values()) == 1, "a row with a missing label is masked"
+    assert data.info["encoding"]["feature_names"] == ["f"]
+
+
+def assert_names(exc: pytest.ExceptionInfo[DataError], *parts: str) -> None:
+    for part in parts:
+        assert part in str(exc.value), f"{part!r} not in {str(exc.value)!r}"
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "targets"),
+    [
+        (5, "score", "abc", TARGETS),
+        (3, "kind", "d", TARGETS),
+        (8, "sick", "2", TARGETS),
+        (2, "sick", "maybe", {"sick": {"type": "binary", "classes": ["0", "1"]}}),
+        (11, "fold", "training", TARGETS),
+    ],
+    ids=["regression-not-a-number", "class-not-declared", "binary-not-0-1", "binary-not-declared", "bad-split"],
+)
+def test_bad_cells_name_column_row_and_value(
+    tmp_path: Path, row: int, column: str, value: str, targets: dict[str, dict[str, Any]]
+) -> None:
+    path = write(tmp_path, with_cell(row, column, value))
+    with pytest.raises(DataError) as exc:
+        csv(path=path, targets=targets, split_column="fold")
+    assert_names(exc, f"'{column}'", f"data row {row} ", "header excluded", repr(value), path)
+
+
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [
+        ({"features": ["age", "height"]}, "'height'"),
+        ({"targets": {"weight": {"type": "regression"}}}, "'weight'"),
+        ({"targets": {"sick": {"type": "binary", "column": "ill"}}}, "'ill'"),
+        ({"split_column": "partition"}, "'partition'"),
+    ],
+    ids=["feature", "target", "target-column", "split"],
+)
+def test_absent_column_lists_available_ones(tmp_path: Path, options: dict[str, Any], culprit: str) -> None:
+    with pytest.raises(DataError) as exc:
+        csv(**{"path": write(tmp_path, GOOD), "targets": TARGETS, **options})
+    assert_names(exc, culprit, "available columns", "'city'", "'fold'")
+
+
+def test_empty_file_and_header_only(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="empty") as exc:
+        csv(path=write(tmp_path, "", "empty.csv"), targets=TARGETS)
+    assert_names(exc, "empty.csv")
+    with pytest.raises(DataError, match="no data rows") as exc:
+        csv(path=write(tmp_path, "id,score\n", "header.csv"), targets={"score": {"type": "regression"}})
+    assert_names(exc, "header.csv")
+
+
+def test_target_without_training_label(tmp_path: Path) -> None:
+    text = GOOD
+    for row in range(1, 15):  # every train row
+        text = with_cell(row, "score", "", text)
+    with pytest.raises(DataError, match="no labelled training row") as exc:
+        csv(path=write(tmp_path, text), targets=TARGETS, split_column="fold")
+    assert_names(exc, "'score'")
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ({"y": {"type": "ordinal"}}, "type must be one of"),
+        ({"kind": {"type": "multiclass"}}, "needs 'classes'"),
+        ({"sick": {"type": "binary", "classes": [0, 1, 2]}}, "exactly 2 classes"),
+        ({"sick": {"type": "binary", "clases": [0, 1]}}, "unknown option"),
+        ({}, "targets is empty"),
+    ],
+)
+def test_bad_target_declarations(tmp_path: Path, targets: dict[str, Any], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        csv(path=write(tmp_path, GOOD), targets=targets)
+
+
+def test_feature_may_not_be_a_target(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="'score'"):
+        csv(path=write(tmp_path, GOOD), targets=TARGETS, features=["age", "score"])
+
+
+def test_load_by_registered_name(tmp_path: Path) -> None:
+    data = load_dataset("csv", {"path": write(tmp_path, GOOD), "targets": TARGETS})
+    assert data.name == "csv" and data.info["source"] == str((tmp_path / "table.csv").resolve())
+
+
+def test_encoder_uses_training_statistics_only() -> None:
+    frame = pd.DataFrame({"n": [1.0, 3.0, 100.0, np.nan], "c": ["u", "v", "w", None]})
+    encoder = TabularEncoder.fit(frame, np.array([0, 1]), source="t")
+    x = encoder.transform(frame, source="t")
+    assert encoder.feature_names == ["n", "n:missing", "c=u", "c=v", "c:missing"]
+    np.testing.assert_allclose(x[:, 0], [-1.0, 1.0, 98.0, 0.0])
+    np.testing.assert_array_equal(x[:, 1:], [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1]])
+    with pytest.raises(DataError, match=r"column 'n', data row 2 .*inf"):
+        encoder.transform(pd.DataFrame({"n": [0.0, np.inf], "c": ["u", "u"]}), source="t")
