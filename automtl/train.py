@@ -23,7 +23,7 @@ from automtl.losses import masked_loss
 from automtl.metrics import aggregate_score, compute_metric
 from automtl.tasks import TaskSpec
 
-__all__ = ["EpochResult", "FitResult", "TrainConfig", "evaluate", "fit", "predict", "seed_everything"]
+__all__ = ["BatchContext", "EpochResult", "FitResult", "TrainConfig", "evaluate", "fit", "predict", "seed_everything", "task_losses"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
@@ -112,8 +112,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _task_losses(net: BranchedNet, batch: Split) -> dict[str, torch.Tensor]:
-    outputs = net(batch.x)
+@dataclass
+class BatchContext:
+    """What an ``on_batch`` callback sees, before the step's forward pass.
+
+    A callback may run extra forward/backward passes and optimizer steps (e.g. lookahead
+    affinity) as long as it restores ``net``'s parameters and buffers and the optimizer state.
+    """
+
+    net: BranchedNet
+    optimizer: torch.optim.Optimizer
+    batch: Split
+    epoch: int
+    step: int
+
+
+def task_losses(net: BranchedNet, batch: Split, outputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Masked mean loss of every task labelled in ``batch`` (tasks with no label are absent).
+
+    Args:
+        net: The network (its ``tasks`` name the losses).
+        batch: A mini-batch.
+        outputs: ``net(batch.x)`` if already computed.
+    """
+    outputs = net(batch.x) if outputs is None else outputs
     losses = {}
     for task in net.tasks:
         loss = masked_loss(task, outputs[task.name], batch.y[task.name], batch.mask[task.name])
@@ -129,6 +151,7 @@ def fit(
     config: TrainConfig,
     *,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    on_batch: Callable[[BatchContext], None] | None = None,
 ) -> FitResult:
     """Train ``net`` on ``data.train`` with ``balancer``; validate on ``data.val`` each epoch.
 
@@ -139,6 +162,7 @@ def fit(
         config: Training hyperparameters.
         on_epoch: Called after each epoch's validation (progress, pruning); an exception it
             raises (e.g. ``optuna.TrialPruned``) ends training and propagates.
+        on_batch: Called before each training step (see :class:`BatchContext`).
 
     Returns:
         The per-epoch history; the last epoch's validation metrics are the result.
@@ -162,7 +186,10 @@ def fit(
         loss_counts: dict[str, int] = {}
         weight_sums: dict[str, float] = {}
         for batch in train.batches(config.batch_size, shuffle=True, generator=generator):
-            losses = _task_losses(net, batch)
+            if on_batch is not None:
+                on_batch(BatchContext(net, optimizer, batch, epoch, step))
+            features = net.features(batch.x)
+            losses = task_losses(net, batch, net.heads_forward(features))
             if not losses:
                 continue
             stacked = torch.stack([loss.detach() for loss in losses.values()])
@@ -170,7 +197,8 @@ def fit(
                 bad = next(t for t, loss in losses.items() if not math.isfinite(float(loss)))
                 raise NonFiniteLossError(bad, epoch, step, float(losses[bad]))
             optimizer.zero_grad(set_to_none=True)
-            weights = balancer.backward(losses, StepContext(param_groups, epoch=epoch, step=step))
+            ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features})
+            weights = balancer.backward(losses, ctx)
             optimizer.step()
             for i, t in enumerate(losses):
                 loss_sums[t] = loss_sums.get(t, 0.0) + stacked[i]  # type: ignore[assignment,operator]
@@ -216,8 +244,3 @@ def evaluate(net: BranchedNet, split: Split, tasks: Sequence[TaskSpec], batch_si
         t.name: compute_metric(t, outputs[t.name], split.y[t.name].to(device), split.mask[t.name].to(device))
         for t in tasks
     }
-
-
-def mean_metrics(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Task-wise mean of several metric dictionaries."""
-    return {t: sum(r[t] for r in runs) / len(runs) for t in runs[0]}

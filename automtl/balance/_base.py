@@ -60,7 +60,9 @@ class StepContext:
         param_groups: The network's parameter groups, each with the tasks that use it.
         epoch: Current epoch (0-based).
         step: Global optimizer step (0-based).
-        extra: Room for strategy-specific inputs (e.g. branching-point representations).
+        extra: Strategy-specific inputs. The trainer puts ``"features"``: the output tensor of
+            every tree node of this forward pass, ``{Node: [N, ...]}`` (still in the graph), for
+            methods that aggregate gradients of shared representations.
     """
 
     param_groups: Sequence[ParamGroup]

@@ -61,7 +61,9 @@ def _read(path: Path, text_columns: set[str]) -> pd.DataFrame:
 def _require_columns(path: Path, table: pd.DataFrame, columns: Sequence[str], role: str) -> None:
     for column in columns:
         if column not in table.columns:
-            raise DataError(f"csv: {path}: {role} column '{column}' is absent; available columns: {list(table.columns)}")
+            raise DataError(
+                f"csv: {path}: {role} column '{column}' is absent; available columns: {list(table.columns)}"
+            )
 
 
 def _first_bad(path: Path, column: str, series: pd.Series, bad: np.ndarray, why: str) -> DataError:
@@ -109,19 +111,24 @@ def _target_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     if kind in ("binary", "multilabel"):
         classes = [0, 1] if classes is None else classes
         if len(classes) != 2:
-            raise DataError(f"csv: target '{name}': a {kind} target has exactly 2 classes (negative, positive), got {classes!r}")
+            raise DataError(
+                f"csv: target '{name}': a {kind} target has exactly 2 classes (negative, positive), got {classes!r}"
+            )
     if classes is not None and len({_label_key(c) for c in classes}) != len(classes):
         raise DataError(f"csv: target '{name}': classes {list(classes)} repeat a label")
     if kind == "multilabel":
         columns = spec.get("columns")
         if isinstance(columns, str) or not columns or len(columns) < 2:
-            raise DataError(f"csv: target '{name}': a multilabel target needs 'columns', a list of 2 or more 0/1 label columns")
+            raise DataError(
+                f"csv: target '{name}': a multilabel target needs 'columns', a list of 2 or more 0/1 label columns"
+            )
         columns = [str(c) for c in columns]
     else:
         if "columns" in spec:
             raise DataError(f"csv: target '{name}': 'columns' is only for multilabel targets; use 'column'")
         columns = [str(spec.get("column", name))]
-    return {"type": kind, "columns": columns, "classes": classes, "loss": spec.get("loss", ""), "metric": spec.get("metric", "")}
+    loss, metric = spec.get("loss", ""), spec.get("metric", "")
+    return {"type": kind, "columns": columns, "classes": classes, "loss": loss, "metric": metric}
 
 
 def _split_rows(path: Path, table: pd.DataFrame, split_column: str) -> dict[str, np.ndarray]:
@@ -218,7 +225,9 @@ def csv(
             )
 
     if split_column is None:
-        splits = random_split(len(table), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, source=f"csv: {file}")
+        splits = random_split(
+            len(table), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, source=f"csv: {file}"
+        )
     else:
         splits = _split_rows(file, table, split_column)
 

@@ -19,7 +19,16 @@ from automtl.data._base import SPLITS, MultiTaskData, Split, register_dataset
 from automtl.errors import DataError
 from automtl.tasks import TaskSpec
 
-__all__ = ["CLASS_TASKS", "DEFAULT_DIRS", "ENV_VAR", "IDX_FILES", "fashion_scenes", "find_fashion_mnist", "read_idx", "scene_plan"]
+__all__ = [
+    "CLASS_TASKS",
+    "DEFAULT_DIRS",
+    "ENV_VAR",
+    "IDX_FILES",
+    "fashion_scenes",
+    "find_fashion_mnist",
+    "read_idx",
+    "scene_plan",
+]
 
 #: Presence tasks, in Fashion-MNIST class-index order.
 CLASS_TASKS: tuple[str, ...] = (
@@ -109,7 +118,8 @@ def read_idx(file: Path, *, ndim: int) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     if len(raw) - header != int(np.prod(shape)):
         raise DataError(
-            f"fashion_scenes: {file} holds {len(raw) - header} data bytes but its header says {shape}; the file is corrupt"
+            f"fashion_scenes: {file} holds {len(raw) - header} data bytes but its header says {shape}; "
+            "the file is corrupt"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -124,7 +134,9 @@ def _pooled_items(images_file: Path, labels_file: Path, stamp: tuple[int, ...]) 
     if images.shape[1:] != (2 * _SIDE, 2 * _SIDE):
         raise DataError(f"fashion_scenes: {images_file} holds images of {images.shape[1:]}, expected (28, 28)")
     if len(images) != len(labels):
-        raise DataError(f"fashion_scenes: {images_file} has {len(images)} images but {labels_file} {len(labels)} labels")
+        raise DataError(
+            f"fashion_scenes: {images_file} has {len(images)} images but {labels_file} {len(labels)} labels"
+        )
     if labels.size and labels.max() >= len(CLASS_TASKS):
         raise DataError(f"fashion_scenes: {labels_file} holds label {int(labels.max())}, expected 0..9")
     sums = images.reshape(len(images), _SIDE, 2, _SIDE, 2).sum(axis=(2, 4), dtype=np.uint16)
@@ -149,7 +161,14 @@ def _pool_cut(n_train: int, n_val: int, official_train: int) -> int:
 
 
 def scene_plan(
-    *, n_train: int, n_val: int, n_test: int, empty_prob: float, seed: int, official_train: int = 60000, official_test: int = 10000
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    empty_prob: float,
+    seed: int,
+    official_train: int = 60000,
+    official_test: int = 10000,
 ) -> dict[str, np.ndarray]:
     """Which item fills each quadrant of each scene.
 
@@ -210,8 +229,9 @@ def fashion_scenes(
 
     Each 28×28 scene is a 2×2 mosaic of 14×14 quadrants; a quadrant is empty (zeros) with
     probability ``empty_prob``, else a random Fashion-MNIST item average-pooled 2×2 from
-    28×28 (see :func:`scene_plan`; train and val items come from disjoint halves of the
-    official training set, test items from the official test set).
+    28×28 (see :func:`scene_plan`: train and val items come from disjoint parts of the
+    official training set, sized in proportion to ``n_train : n_val``; test items from the
+    official test set).
 
     Tasks, in order: ten binary tasks ``has_tshirt, has_trouser, has_pullover, has_dress,
     has_coat, has_sandal, has_shirt, has_sneaker, has_bag, has_boot`` (some quadrant holds an
@@ -292,11 +312,15 @@ def fashion_scenes(
         "seed": seed,
         "empty_prob": empty_prob,
         "missing_label_fraction": missing_label_fraction,
-        "hidden_labels_per_task": {s: round(missing_label_fraction * len(plan[s])) if s != "test" else 0 for s in SPLITS},
+        "hidden_labels_per_task": {
+            "train": round(missing_label_fraction * n_train),
+            "val": round(missing_label_fraction * n_val),
+            "test": 0,
+        },
         "pool_sizes": {"train": cut, "val": len(official["train"][1]) - cut, "test": len(official["test"][1])},
         "layout": "2x2 mosaic of 14x14 quadrants (TL, TR, BL, BR); items 2x2 average-pooled; pixels in [0, 1]",
         "count_unit": "items per scene (0-4)",
-        "plan": "automtl.data._fashion_scenes.scene_plan(n_train=..., n_val=..., n_test=..., empty_prob=..., seed=...)",
+        "item_plan": "scene_plan(n_train, n_val, n_test, empty_prob, seed) in automtl.data._fashion_scenes",
     }
     return MultiTaskData("fashion_scenes", tasks, *(split_tensors(s) for s in SPLITS), (1, 28, 28), info)
 

@@ -59,7 +59,9 @@ def data_row(position: int) -> str:
     return f"data row {position + 1} (1-based, header excluded)"
 
 
-def random_split(n_rows: int, *, val_fraction: float, test_fraction: float, seed: int, source: str) -> dict[str, np.ndarray]:
+def random_split(
+    n_rows: int, *, val_fraction: float, test_fraction: float, seed: int, source: str
+) -> dict[str, np.ndarray]:
     """Seeded random partition of ``n_rows`` rows into train, val and test.
 
     ``round(test_fraction * n_rows)`` rows go to test, ``round(val_fraction * n_rows)`` to val,
@@ -188,9 +190,8 @@ class TabularEncoder:
                 values = train.to_numpy(dtype=np.float64)
                 mean = float(values.mean()) if values.size else 0.0
                 std = float(values.std()) if values.size else 0.0
-                encodings.append(
-                    ColumnEncoding(str(name), "numeric", mean=mean, std=std if std > 0 else 1.0, missing_indicator=missing)
-                )
+                std = std if std > 0 else 1.0
+                encodings.append(ColumnEncoding(str(name), "numeric", mean=mean, std=std, missing_indicator=missing))
                 continue
             categories = sorted({_category_key(v) for v in train.to_numpy()})
             if len(categories) > MAX_CATEGORIES:
@@ -199,7 +200,9 @@ class TabularEncoder:
                     f"(e.g. {categories[0]!r}); more than {MAX_CATEGORIES} is almost surely an identifier or "
                     "free text: leave it out of the features"
                 )
-            encodings.append(ColumnEncoding(str(name), "categorical", categories=tuple(categories), missing_indicator=missing))
+            encodings.append(
+                ColumnEncoding(str(name), "categorical", categories=tuple(categories), missing_indicator=missing)
+            )
         return cls(tuple(encodings))
 
     def transform(self, frame: pd.DataFrame, *, source: str) -> np.ndarray:
@@ -223,12 +226,14 @@ class TabularEncoder:
                 bad = np.flatnonzero(np.isinf(values))
                 if bad.size:
                     raise DataError(
-                        f"{source}: column '{enc.column}', {data_row(int(bad[0]))}: value {values[bad[0]]!r} is not finite"
+                        f"{source}: column '{enc.column}', {data_row(int(bad[0]))}: "
+                        f"value {values[bad[0]]!r} is not finite"
                     )
                 blocks.append(np.where(isna, 0.0, (values - enc.mean) / enc.std)[:, None])
             else:
                 index = {c: i for i, c in enumerate(enc.categories)}
-                codes = np.array([-1 if m else index.get(_category_key(v), -1) for v, m in zip(column.to_numpy(), isna)], dtype=np.int64)
+                keys = (None if m else _category_key(v) for v, m in zip(column.to_numpy(), isna))
+                codes = np.array([index.get(k, -1) if k is not None else -1 for k in keys], dtype=np.int64)
                 onehot = np.zeros((n, len(enc.categories)))
                 known = np.flatnonzero(codes >= 0)
                 onehot[known, codes[known]] = 1.0

