@@ -41,10 +41,10 @@ def _read(path: Path, text_columns: set[str]) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"csv: file {path} is empty")
     try:
-        if path.suffix == ".parquet":
+        if path.suffix.lower() == ".parquet":
             require("pyarrow")
             table = pd.read_parquet(path)
-        elif path.suffix == ".csv":
+        elif path.suffix.lower() == ".csv":
             header = pd.read_csv(path, nrows=0).columns
             table = pd.read_csv(path, dtype={c: str for c in text_columns if c in header})
         else:
@@ -84,21 +84,28 @@ def _numbers(path: Path, column: str, series: pd.Series) -> np.ndarray:
 def _class_codes(path: Path, column: str, series: pd.Series, classes: Sequence[Any], kind: str) -> np.ndarray:
     """int64 ``[N]``: index of each cell's label in ``classes``, -1 for an empty cell."""
     index = {_label_key(c): i for i, c in enumerate(classes)}
-    known = series.notna().to_numpy()
+    cells = series.to_numpy()
+    known = np.flatnonzero(series.notna().to_numpy())
+    seen: dict[Any, int] = {}  # raw cell value to code, so each distinct value is parsed once
     codes = np.full(len(series), -1, dtype=np.int64)
-    for row in np.flatnonzero(known):
-        code = index.get(_label_key(series.iloc[row]))
+    for row in known:
+        cell = cells[row]
+        code = seen.get(cell)
         if code is None:
+            code = seen[cell] = index.get(_label_key(cell), -1)
+        if code < 0:
             raise DataError(
-                f"csv: {path}: column '{column}', {data_row(int(row))}: value {series.iloc[row]!r} is not one of the "
+                f"csv: {path}: column '{column}', {data_row(int(row))}: value {cell!r} is not one of the "
                 f"{kind} target's classes {list(classes)}"
             )
         codes[row] = code
     return codes
 
 
-def _target_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+def _target_spec(name: str, spec: Any) -> dict[str, Any]:
     """A target's options, checked and completed with defaults."""
+    if not isinstance(spec, Mapping):
+        raise DataError(f"csv: target '{name}': expected a mapping of options (type, column, ...), got {spec!r}")
     unknown = sorted(set(spec) - set(_TARGET_KEYS))
     if unknown:
         raise DataError(f"csv: target '{name}': unknown option(s) {unknown}; expected some of {list(_TARGET_KEYS)}")

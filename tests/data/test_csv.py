@@ -196,3 +196,9 @@ def test_encoder_uses_training_statistics_only() -> None:
     np.testing.assert_array_equal(x[:, 1:], [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1]])
     with pytest.raises(DataError, match=r"column 'n', data row 2 .*inf"):
         encoder.transform(pd.DataFrame({"n": [0.0, np.inf], "c": ["u", "u"]}), source="t")
+
+
+def test_identifier_like_text_column_is_refused() -> None:
+    frame = pd.DataFrame({"name": [f"person {i}" for i in range(1001)]})
+    with pytest.raises(DataError, match="column 'name' has 1001 distinct values"):
+        TabularEncoder.fit(frame, np.arange(1001), source="t")
