@@ -134,7 +134,8 @@ class SearchConfig:
         storage: Optuna storage URL; default ``sqlite:///runs/automtl.db``.
         study_name: Default: ``name``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        source: The path the config was read from, if any.
+        source: The path the config was read from, if any. A relative ``data.options.path``
+            is taken relative to it (and stored resolved in ``raw``).
         raw: The mapping it was parsed from (stored with the study and in exports).
     """
 
@@ -276,6 +277,11 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     if "data" not in top:
         raise ConfigError("data", "missing; name a data set, e.g. data: {name: fashion_scenes}")
     data, data_options = _named(top["data"], "data")
+    data_path = data_options.get("path")
+    if source and isinstance(data_path, str) and not os.path.isabs(data_path):
+        # a relative data path is relative to the config file, so a search runs from any folder
+        data_options["path"] = str((Path(source).parent / data_path).resolve())
+        top["data"] = {"name": data, "options": dict(data_options)}
     backbone, backbone_options = _named(top.get("backbone", "mlp"), "backbone")
     tasks = _mapping(top.get("tasks"), "tasks")
     overrides: dict[str, dict[str, str]] = {}

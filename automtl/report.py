@@ -1,0 +1,151 @@
+"""Plain-text views of studies, exports and registries (what the CLI prints)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from automtl.metrics import METRICS
+from automtl.tree import BranchTree
+
+__all__ = ["format_export", "format_registry", "format_study", "format_summary", "format_table"]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A left-aligned text table; floats with 4 decimals, None and NaN as ``-``."""
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in text]
+    return "\n".join(lines)
+
+
+def format_study(study: optuna.Study, top: int = 0) -> str:
+    """Every trial (or the ``top`` best complete ones) with per-task validation metrics,
+    then the best architecture drawn as a tree."""
+    trials = study.get_trials(deepcopy=False)
+    if top:
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        trials = sorted(done, key=lambda t: -float(t.value))[:top]  # type: ignore[arg-type]
+    task_names: list[str] = []
+    for t in trials:
+        for name in t.user_attrs.get("val_metrics", {}):
+            if name not in task_names:
+                task_names.append(name)
+    headers = ["trial", "state", "score", "balancer", "params", "tree", *task_names, "note"]
+    rows = []
+    for t in trials:
+        vm = t.user_attrs.get("val_metrics", {})
+        rows.append(
+            [
+                t.number,
+                t.state.name.lower(),
+                t.value,
+                t.params.get("balancer", "-"),
+                t.user_attrs.get("n_params"),
+                t.user_attrs.get("tree", "-"),
+                *(vm.get(n) for n in task_names),
+                t.user_attrs.get("fail_reason", ""),
+            ]
+        )
+    out = [
+        f"study '{study.study_name}': {len(study.trials)} trials",
+        "score: mean over tasks of the direction-adjusted validation metric (higher is better); "
+        "per-task columns: each task's validation metric; tree: task indices per block, '/' between branches",
+        format_table(headers, rows),
+    ]
+    try:
+        best = study.best_trial
+    except ValueError:
+        out.append("no complete trial yet")
+        return "\n\n".join(out)
+    tree = BranchTree.from_dict(best.user_attrs["candidate"]["tree"])
+    index = "  ".join(f"{i}={name}" for i, name in enumerate(tree.tasks))
+    out.append(f"task indices: {index}")
+    out.append(
+        f"best: trial {best.number}, score {best.value:.4f}, balancer {best.params.get('balancer')}, "
+        f"{best.user_attrs.get('n_params')} parameters\n{tree.render()}"
+    )
+    return "\n\n".join(out)
+
+
+def format_summary(study: optuna.Study) -> str:
+    """One paragraph after a search: counts per state and the best trial."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    text = f"study '{study.study_name}': " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    try:
+        best = study.best_trial
+    except ValueError:
+        return text + "; no complete trial"
+    return (
+        text
+        + f"\nbest: trial {best.number}, validation score {best.value:.4f} (higher is better), "
+        + f"balancer {best.params.get('balancer')}, tree [{best.user_attrs.get('tree')}]"
+    )
+
+
+def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
+    """What ``export`` wrote, with validation and test metrics side by side."""
+    tasks = list(metrics["val"])
+    rows = [
+        [t, metrics["metric_of_task"][t]["metric"], metrics["metric_of_task"][t]["direction"], metrics["val"][t], metrics["test"][t]]
+        for t in tasks
+    ]
+    rows.append(["(score)", "mean_score", "maximize", metrics["val_score"], metrics["test_score"]])
+    return (
+        f"exported trial {metrics['trial']} of study '{metrics['study']}' to {out_dir} "
+        f"(selected on validation; test read once, for this report)\n"
+        + format_table(["task", "metric", "direction", "val", "test"], rows)
+    )
+
+
+def format_registry(what: str) -> str:
+    """The registered names of ``balancers``, ``backbones``, ``datasets``, ``metrics`` or ``losses``.
+
+    Raises:
+        ValueError: For any other ``what``.
+    """
+    from automtl.balance import BALANCERS
+    from automtl.backbones import BACKBONES
+    from automtl.data import DATASETS
+    from automtl.losses import LOSSES
+    from automtl.space import hparam_table
+
+    if what == "balancers":
+        rows = []
+        for name in BALANCERS:
+            cls = BALANCERS.get(name)
+            rows.append([name, cls.family, hparam_table(cls.hyperparameters), cls.paper])
+        return format_table(["balancer", "family", "hyperparameters (default, search range)", "source"], rows)
+    if what == "backbones":
+        rows = [[n, _first_line(BACKBONES.get(n).__doc__)] for n in BACKBONES]
+        return format_table(["backbone", "description"], rows)
+    if what == "datasets":
+        rows = [[n, _first_line(DATASETS.get(n).__doc__)] for n in DATASETS]
+        return format_table(["data set", "description"], rows)
+    if what == "metrics":
+        rows = [[n, METRICS.get(n).direction, METRICS.get(n).unit] for n in METRICS]
+        return format_table(["metric", "direction", "unit"], rows)
+    if what == "losses":
+        rows = [[n, _first_line(LOSSES.get(n).__doc__)] for n in LOSSES]
+        return format_table(["loss", "description"], rows)
+    raise ValueError(f"cannot list '{what}'")
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""

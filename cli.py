@@ -1,0 +1,122 @@
+"""The ``automtl`` command: a thin shell over the Python API (every command has a Python twin).
+
+    automtl search CONFIG            -> automtl.run_search(automtl.load_config(CONFIG))
+    automtl show [CONFIG]            -> automtl.report.format_study(automtl.load_study(...))
+    automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D)
+    automtl evaluate D               -> automtl.evaluate_bundle(D, split)
+    automtl list balancers           -> automtl.report.format_registry("balancers")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _add_study_args(p: argparse.ArgumentParser, *, config_optional: bool) -> None:
+    if config_optional:
+        p.add_argument("config", nargs="?", help="search YAML; its name and storage locate the study")
+    p.add_argument("--storage", help="Optuna storage URL (default: from CONFIG, else sqlite:///runs/automtl.db)")
+    p.add_argument("--study-name", help="study name (default: from CONFIG, else the storage's newest study)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="automtl",
+        description="Search branched multi-task networks: branching points, task groupings and loss balancing.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run or resume a search")
+    p.add_argument("config", help="search YAML (see search_spaces/)")
+    p.add_argument("--n-trials", type=int, help="total finished trials to reach (resumes count earlier ones)")
+    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.add_argument("--storage", help="Optuna storage URL (default: search.storage, else sqlite:///runs/automtl.db)")
+    p.add_argument("--study-name", help="study name (default: search.study_name, else the config's name)")
+    p.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, help="seeds the sampler and every trial's training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; one line per trial")
+
+    p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
+    _add_study_args(p, config_optional=True)
+    p.add_argument("--top", type=int, default=0, help="only the N best complete trials (default: all)")
+
+    p = sub.add_parser("export", help="write the best (or a given) trial as a bundle")
+    _add_study_args(p, config_optional=True)
+    p.add_argument("--out", required=True, help="bundle directory")
+    p.add_argument("--trial", type=int, help="trial number to export (default: the best)")
+
+    p = sub.add_parser("evaluate", help="metrics of an exported bundle, as JSON")
+    p.add_argument("bundle", help="directory written by 'automtl export'")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
+    p.add_argument("what", choices=["balancers", "backbones", "datasets", "metrics", "losses"])
+    return parser
+
+
+def _locate(args: argparse.Namespace) -> tuple[str, str | None]:
+    from automtl.config import DEFAULT_STORAGE, load_config
+
+    storage, name = args.storage, args.study_name
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        storage = storage or config.storage
+        name = name or config.study_name
+    return storage or DEFAULT_STORAGE, name
+
+
+def _run(args: argparse.Namespace) -> int:
+    import automtl
+    from automtl import report
+
+    if args.command == "search":
+        config = automtl.load_config(args.config)
+        study = automtl.run_search(
+            config,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            storage=args.storage,
+            study_name=args.study_name,
+            device=args.device,
+            seed=args.seed,
+            progress=not args.no_progress,
+            echo=print if args.no_progress else None,
+        )
+        print(report.format_summary(study))
+    elif args.command == "show":
+        storage, name = _locate(args)
+        print(report.format_study(automtl.load_study(storage, name), top=args.top))
+    elif args.command == "export":
+        storage, name = _locate(args)
+        metrics = automtl.export_trial(automtl.load_study(storage, name), storage, args.out, args.trial)
+        print(report.format_export(metrics, args.out))
+    elif args.command == "evaluate":
+        print(json.dumps(automtl.evaluate_bundle(args.bundle, args.split, args.device), indent=2))
+    elif args.command == "list":
+        print(report.format_registry(args.what))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``automtl`` console script; returns the exit status."""
+    from automtl.errors import AutoMTLError
+
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (AutoMTLError, LookupError, FileNotFoundError) as exc:
+        print(f"automtl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"automtl {args.command}: interrupted; finished trials are kept in the storage", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
