@@ -4,6 +4,7 @@
     automtl show [CONFIG]            -> automtl.report.format_study(automtl.load_study(...))
     automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D)
     automtl evaluate D               -> automtl.evaluate_bundle(D, split)
+    automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
 """
 
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="automtl",
         description="Search branched multi-task networks: branching points, task groupings and loss balancing.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("search", help="run or resume a search")
     p.add_argument("config", help="search YAML (see search_spaces/)")
@@ -55,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
 
+    p = sub.add_parser("train", help="train one fixed design over seeds; validation and test metrics")
+    p.add_argument("config", help="search YAML (data, backbone and training settings are used)")
+    p.add_argument("--arch", default="hps", help="hps (hard parameter sharing), single (single-task) or TREE.yaml")
+    p.add_argument("--balancer", default="equal", help="a registered balancer (automtl list balancers)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; metrics are mean ± std")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--lr", type=float, help="override the learning rate (default: fixed value or middle of range)")
+    p.add_argument("--device", help="auto, cpu, cuda ...")
+    p.add_argument("--delta-m", action="store_true", help="also train (or reuse cached) single-task baselines; report Δm")
+
     p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
     p.add_argument("what", choices=["balancers", "backbones", "datasets", "metrics", "losses"])
     return parser
@@ -73,6 +84,7 @@ def _locate(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def _run(args: argparse.Namespace) -> int:
     import automtl
+    import automtl.search
     from automtl import report
 
     if args.command == "search":
@@ -98,6 +110,22 @@ def _run(args: argparse.Namespace) -> int:
         print(report.format_export(metrics, args.out))
     elif args.command == "evaluate":
         print(json.dumps(automtl.evaluate_bundle(args.bundle, args.split, args.device), indent=2))
+    elif args.command == "train":
+        from automtl.experiment import prepare
+        from automtl.fixed import single_task_baseline, train_fixed
+
+        config = automtl.load_config(args.config)
+        experiment = prepare(config)
+        result = train_fixed(
+            experiment, args.arch, args.balancer, seeds=args.seeds, device=args.device, epochs=args.epochs, lr=args.lr
+        )
+        baseline = None
+        if args.delta_m:
+            cache = automtl.search.artifact_dir(config.storage).parent / "baselines"
+            baseline = single_task_baseline(
+                experiment, cache, ("val", "test"), args.device, epochs=args.epochs, lr=args.lr
+            )
+        print(report.format_fixed(result, experiment.data.tasks, baseline))
     elif args.command == "list":
         print(report.format_registry(args.what))
     return 0

@@ -17,7 +17,7 @@ import torch
 from automtl.registry import Registry
 from automtl.tasks import TaskSpec
 
-__all__ = ["METRICS", "Metric", "aggregate_score", "compute_metric", "direction_of"]
+__all__ = ["DELTA_M_CONVENTION", "METRICS", "Metric", "aggregate_score", "compute_metric", "delta_m", "direction_of"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,40 @@ def aggregate_score(metrics: Mapping[str, float], tasks: Sequence[TaskSpec]) -> 
     if not terms:
         raise ValueError("no task has a finite metric to aggregate")
     return sum(terms) / len(terms)
+
+
+def delta_m(metrics: Mapping[str, float], baseline: Mapping[str, float], tasks: Sequence[TaskSpec]) -> float:
+    """Δm: task-averaged relative change against the single-task baseline, in percent.
+
+    ``Δm = (100/T) Σ_t s_t·(M_t − B_t)/|B_t|`` with ``s_t = +1`` when higher is better and
+    ``−1`` when lower is better, so **positive is better** (Maninis et al., CVPR 2019;
+    Vandenhende et al., TPAMI 2021, eq. 10; one metric per task, so task- and metric-averaged
+    agree). Tasks whose metric or baseline is NaN, or whose baseline is 0, are left out.
+
+    Args:
+        metrics: The model's metric per task.
+        baseline: The single-task network's metric per task (same split).
+        tasks: Task descriptions (their ``metric`` gives the direction).
+
+    Returns:
+        Δm in percent (``+1.0`` = 1 % better on average).
+
+    Raises:
+        ValueError: If no task can be compared.
+    """
+    terms = []
+    for task in tasks:
+        m, b = metrics.get(task.name, float("nan")), baseline.get(task.name, float("nan"))
+        if math.isnan(m) or math.isnan(b) or b == 0.0:
+            continue
+        sign = 1.0 if direction_of(task.metric) == "maximize" else -1.0
+        terms.append(sign * (m - b) / abs(b))
+    if not terms:
+        raise ValueError("Δm: no task has both a metric and a non-zero baseline")
+    return 100.0 * sum(terms) / len(terms)
+
+
+DELTA_M_CONVENTION = (
+    "Δm = (100/T) Σ_t s_t (M_t − B_t)/|B_t| against single-task baselines B, s_t = +1 if higher is better "
+    "else −1; positive is better (Vandenhende et al., TPAMI 2021, eq. 10)"
+)

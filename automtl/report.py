@@ -114,6 +114,26 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
     )
 
 
+def format_fixed(result: Any, tasks: Sequence[Any], baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """``automtl train``'s table: each task's validation and test metric, mean ± std over seeds."""
+    from automtl.metrics import DELTA_M_CONVENTION
+
+    summary = result.summary(tasks, baseline)
+    rows = []
+    for key in [*(t.name for t in tasks), "(mean_score)", *(["(delta_m %)"] if baseline else [])]:
+        task = next((t for t in tasks if t.name == key), None)
+        metric = task.metric if task else ("mean_score" if key == "(mean_score)" else "Δm %")
+        direction = METRICS.get(task.metric).direction if task else "maximize"
+        v, te = summary["val"][key], summary["test"][key]
+        rows.append([key, metric, direction, f"{v['mean']:.4f} ± {v['std']:.4f}", f"{te['mean']:.4f} ± {te['std']:.4f}"])
+    head = (
+        f"arch [{result.tree.compact()}], balancer {result.balancer}, {summary['n_params']} parameters, "
+        f"{summary['seeds']} seed(s); mean ± std over seeds"
+    )
+    foot = f"\n{DELTA_M_CONVENTION}" if baseline else ""
+    return head + "\n" + format_table(["task", "metric", "direction", "val", "test"], rows) + foot
+
+
 def format_registry(what: str) -> str:
     """The registered names of ``balancers``, ``backbones``, ``datasets``, ``metrics`` or ``losses``.
 

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from automtl.balance import create_balancer
-from automtl.build import build_model
+from automtl.build import build_model, resolve_device
 from automtl.config import SearchConfig, parse_config
 from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
@@ -223,6 +223,10 @@ def run_search(
     if seed is not None:
         overrides["seed"] = seed
     config = replace(config, **overrides)
+    try:
+        resolve_device(config.device)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError("device", str(exc)) from exc
     experiment = prepare(config)
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
