@@ -130,7 +130,9 @@ class SearchConfig:
         sampler: ``tpe`` or ``random``.
         pruner: ``median`` or ``none``.
         seed: Seeds the sampler and every trial's training.
-        objective: ``mean_score`` (see :func:`automtl.metrics.aggregate_score`).
+        objective: ``mean_score`` (see :func:`automtl.metrics.aggregate_score`) or ``delta_m``
+            (Δm in percent against cached single-task baselines, :func:`automtl.metrics.delta_m`;
+            the baselines are trained once, before the first trial, on train, scored on val).
         storage: Optuna storage URL; default ``sqlite:///runs/automtl.db``.
         study_name: Default: ``name``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
@@ -306,8 +308,8 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     if pruner not in ("median", "none"):
         raise ConfigError("search.pruner", f"must be 'median' or 'none', got {pruner!r}")
     objective = search.get("objective", "mean_score")
-    if objective not in ("mean_score",):
-        raise ConfigError("search.objective", f"must be 'mean_score', got {objective!r}")
+    if objective not in ("mean_score", "delta_m"):
+        raise ConfigError("search.objective", f"must be 'mean_score' or 'delta_m', got {objective!r}")
     for key in ("storage", "study_name"):
         if search.get(key) is not None and not isinstance(search[key], str):
             raise ConfigError(f"search.{key}", f"must be a string, got {search[key]!r}")

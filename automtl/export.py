@@ -34,8 +34,9 @@ from automtl.backbones import create_backbone
 from automtl.build import BranchedNet, resolve_device
 from automtl.config import parse_config
 from automtl.experiment import prepare
-from automtl.metrics import METRICS, aggregate_score
-from automtl.search import artifact_dir, study_config
+from automtl.fixed import single_task_baseline
+from automtl.metrics import DELTA_M_CONVENTION, METRICS, aggregate_score, delta_m
+from automtl.search import OBJECTIVES, artifact_dir, baseline_dir, study_config
 from automtl.tasks import TaskSpec
 from automtl.train import evaluate
 from automtl.tree import BranchTree
@@ -105,11 +106,20 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
     val = evaluate_bundle(out, "val")
     test = evaluate_bundle(out, "test")
     tasks = experiment.data.tasks
+    extra: dict[str, Any] = {}
+    if config.objective == "delta_m":
+        baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), config.device)
+        extra = {
+            "delta_m_convention": DELTA_M_CONVENTION,
+            "val_delta_m": delta_m(val, baseline["val"], tasks),
+            "test_delta_m": delta_m(test, baseline["test"], tasks),
+            "baseline": baseline,
+        }
     metrics = {
         "study": study.study_name,
         "trial": trial.number,
         "selected_on": "val",
-        "objective": "mean_score (mean over tasks of direction-adjusted metric; higher is better)",
+        "objective": OBJECTIVES[config.objective],
         "search_val_score": trial.value,
         "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
         "val": val,
@@ -117,6 +127,7 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
         "test": test,
         "test_score": aggregate_score(test, tasks),
         "n_params": trial.user_attrs.get("n_params"),
+        **extra,
     }
     (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
     return metrics

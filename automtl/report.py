@@ -107,6 +107,8 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
         for t in tasks
     ]
     rows.append(["(score)", "mean_score", "maximize", metrics["val_score"], metrics["test_score"]])
+    if "val_delta_m" in metrics:
+        rows.append(["(delta_m %)", "Δm %", "maximize", metrics["val_delta_m"], metrics["test_delta_m"]])
     return (
         f"exported trial {metrics['trial']} of study '{metrics['study']}' to {out_dir} "
         f"(selected on validation; test read once, for this report)\n"

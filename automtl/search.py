@@ -1,8 +1,9 @@
 """The Optuna study: storage, sampler, pruner, resumption, and what each trial records.
 
 Each trial samples a :class:`~automtl.space.Candidate`, trains it with :func:`automtl.train.fit`
-on the training split, and returns the ``mean_score`` of its validation metrics (maximized;
-see :func:`automtl.metrics.aggregate_score`). It records, as trial user attributes:
+on the training split, and returns the objective of its validation metrics (maximized):
+``mean_score`` (:func:`automtl.metrics.aggregate_score`) or ``delta_m``
+(:func:`automtl.metrics.delta_m` against single-task baselines trained once and cached). It records, as trial user attributes:
 
 * ``candidate``: tree, balancer, hyperparameters (``Candidate.to_dict()``);
 * ``tree``: the tree's one-line shape; ``n_params``: parameter count;
@@ -36,12 +37,24 @@ from automtl.build import build_model, resolve_device
 from automtl.config import SearchConfig, parse_config
 from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
+from automtl.fixed import single_task_baseline
+from automtl.metrics import DELTA_M_CONVENTION, aggregate_score, delta_m
 from automtl.space import SearchSpace
 from automtl.train import EpochResult, fit, seed_everything
 
 __all__ = ["artifact_dir", "finished_trials", "load_study", "open_storage", "run_search", "study_config"]
 
-_SPACE_KEYS = ("data", "tasks", "backbone", "space", "train")
+_SPACE_KEYS = ("data", "tasks", "backbone", "space", "train", "search.objective")
+OBJECTIVES = {
+    "mean_score": "mean_score: mean over tasks of the direction-adjusted validation metric (higher is better)",
+    "delta_m": f"delta_m (%): {DELTA_M_CONVENTION}; baselines on validation",
+}
+
+
+def _lookup(raw: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -54,6 +67,11 @@ def artifact_dir(storage_url: str) -> Path:
     """Where trial weights are kept: ``<sqlite file>.artifacts/``, else ``runs/artifacts``."""
     db = _sqlite_path(storage_url)
     return db.with_name(db.name + ".artifacts") if db is not None else Path("runs") / "artifacts"
+
+
+def baseline_dir(storage_url: str) -> Path:
+    """Where single-task baselines are cached: ``baselines/`` beside the artifacts."""
+    return artifact_dir(storage_url).parent / "baselines"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -115,6 +133,14 @@ class _Objective:
     space: SearchSpace
     device: str
     artifacts: FileSystemArtifactStore
+    baseline: dict[str, float] | None = None
+
+    def score(self, val_metrics: dict[str, float]) -> float:
+        """The objective value of validation metrics: mean_score, or Δm (%) against the baseline."""
+        tasks = self.experiment.data.tasks
+        if self.baseline is not None:
+            return delta_m(val_metrics, self.baseline, tasks)
+        return aggregate_score(val_metrics, tasks)
 
     def __call__(self, trial: optuna.Trial) -> float:
         data = self.experiment.data
@@ -128,12 +154,13 @@ class _Objective:
         history: list[float] = []
 
         def on_epoch(result: EpochResult) -> None:
-            history.append(result.val_score)
+            value = self.score(result.val_metrics)
+            history.append(value)
             trial.set_user_attr("history", history)
-            trial.report(result.val_score, result.epoch)
+            trial.report(value, result.epoch)
             if trial.should_prune():
                 trial.set_user_attr("val_metrics", result.val_metrics)
-                raise optuna.TrialPruned(f"pruned after epoch {result.epoch} (val score {result.val_score:.4f})")
+                raise optuna.TrialPruned(f"pruned after epoch {result.epoch} (objective {value:.4f})")
 
         try:
             result = fit(net, data, balancer, candidate.train, on_epoch=on_epoch)
@@ -147,7 +174,7 @@ class _Objective:
             save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
             artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=path, study_or_trial=trial)
         trial.set_user_attr("weights_artifact", artifact_id)
-        return result.val_score
+        return history[-1]
 
 
 def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -242,9 +269,9 @@ def run_search(
     if stored is None:
         study.set_user_attr("config", config.raw)
         study.set_user_attr("source", config.source)
-        study.set_user_attr("objective", "mean_score: mean over tasks of direction-adjusted validation metrics")
+        study.set_user_attr("objective", OBJECTIVES[config.objective])
     else:
-        changed = [k for k in _SPACE_KEYS if stored.get(k) != config.raw.get(k)]
+        changed = [k for k in _SPACE_KEYS if _lookup(stored, k) != _lookup(config.raw, k)]
         if changed:
             raise ConfigError(
                 changed[0],
@@ -257,7 +284,11 @@ def run_search(
         return study
     artifacts_path = artifact_dir(config.storage)
     artifacts_path.mkdir(parents=True, exist_ok=True)
-    objective = _Objective(experiment, space, config.device, FileSystemArtifactStore(str(artifacts_path)))
+    baseline = None
+    if config.objective == "delta_m":
+        baseline = single_task_baseline(experiment, baseline_dir(config.storage), ("val",), config.device)["val"]
+        study.set_user_attr("baseline_val", baseline)
+    objective = _Objective(experiment, space, config.device, FileSystemArtifactStore(str(artifacts_path)), baseline)
     bar = tqdm(total=remaining, desc=f"search {config.study_name}", unit="trial", disable=not progress)
     write = echo or (bar.write if progress else None)
 
