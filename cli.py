@@ -109,7 +109,10 @@ def _run(args: argparse.Namespace) -> int:
         metrics = automtl.export_trial(automtl.load_study(storage, name), storage, args.out, args.trial)
         print(report.format_export(metrics, args.out))
     elif args.command == "evaluate":
-        print(json.dumps(automtl.evaluate_bundle(args.bundle, args.split, args.device), indent=2))
+        from automtl.export import jsonable
+
+        metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device)
+        print(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
     elif args.command == "train":
         from automtl.experiment import prepare
         from automtl.fixed import single_task_baseline, train_fixed

@@ -100,7 +100,8 @@ class BranchedNet(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs in natural units: probabilities for binary ``[N]``, multiclass ``[N, C]``
         (softmax) and multilabel ``[N, L]`` (sigmoid); regression values ``[N]`` in the target's
-        original unit (``value * target_std + target_mean``)."""
+        original unit (``value * target_std + target_mean``). Call ``eval()`` first for
+        inference (:func:`automtl.load` returns the network in eval mode)."""
         raw = self(x)
         out = {}
         for task in self.tasks:

@@ -58,13 +58,22 @@ class ParamSpec:
         return {"low": self.low, "high": self.high, "log": self.log}
 
 
-def parse_param(value: Any, key: str, *, positive: bool = False) -> ParamSpec:
+def parse_param(value: Any, key: str, *, positive: bool = False, mapping_value: bool = False) -> ParamSpec:
     """Parse the fixed / choice / range forms above.
+
+    Args:
+        value: The YAML value.
+        key: Its dotted path, for errors.
+        positive: Every number must be > 0.
+        mapping_value: A mapping with neither ``low`` nor ``high`` is a fixed value (e.g. the
+            per-task weights of the ``fixed`` balancer) rather than a malformed range.
 
     Raises:
         ConfigError: Malformed form, empty choice, ``low > high``, a non-positive bound on a log
             scale or where ``positive`` is asked.
     """
+    if isinstance(value, Mapping) and mapping_value and not {"low", "high"} & set(value):
+        return ParamSpec("fixed", value=dict(value))
     if isinstance(value, Mapping):
         unknown = set(value) - {"low", "high", "log"}
         if unknown:
@@ -102,7 +111,9 @@ class SpaceConfig:
         group_split_points: Branching points at which a group may leave the trunk
             (``n_blocks`` means never); ``None``: every point.
         task_split_points: Branching points at which a task may leave its group; ``None``: every.
-        balancers: Balancer name -> hyperparameter overrides (each a :class:`ParamSpec`).
+        balancers: Balancer name -> hyperparameter overrides (each a :class:`ParamSpec`; a
+            mapping without ``low``/``high``, such as ``fixed``'s per-task ``weights``, is a
+            fixed value).
     """
 
     max_groups: int = 3
@@ -230,7 +241,9 @@ def _parse_space(d: dict[str, Any]) -> SpaceConfig:
             raise ConfigError("space.balancers", "needs at least one balancer")
         for name, hp in raw_bal.items():
             hp = _mapping(hp, f"space.balancers.{name}")
-            balancers[str(name)] = {k: parse_param(v, f"space.balancers.{name}.{k}") for k, v in hp.items()}
+            balancers[str(name)] = {
+                k: parse_param(v, f"space.balancers.{name}.{k}", mapping_value=True) for k, v in hp.items()
+            }
     else:
         raise ConfigError("space.balancers", "must be a list of names or a mapping name -> hyperparameters")
     return SpaceConfig(
@@ -254,6 +267,10 @@ def _parse_train(d: dict[str, Any]) -> dict[str, ParamSpec]:
     for key, p in spec.items():
         if key == "batch_size" and p.kind == "range" and not p.is_int:
             raise ConfigError("train.batch_size", "a range of batch sizes needs integer bounds")
+        if key == "batch_size" and p.kind != "range":
+            vals = [p.value] if p.kind == "fixed" else list(p.choices)
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
+                raise ConfigError("train.batch_size", f"must be a positive integer (or a list of them), got {merged[key]!r}")
         if key == "weight_decay":
             vals = [p.value] if p.kind == "fixed" else list(p.choices) if p.kind == "choice" else [p.low]
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in vals):

@@ -41,7 +41,7 @@ from automtl.tasks import TaskSpec
 from automtl.train import evaluate
 from automtl.tree import BranchTree
 
-__all__ = ["evaluate_bundle", "export_trial", "load"]
+__all__ = ["evaluate_bundle", "export_trial", "jsonable", "load"]
 
 
 def _pick_trial(study: optuna.Study, trial_number: int | None) -> optuna.trial.FrozenTrial:
@@ -99,7 +99,7 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
         "tasks": [t.to_dict() for t in experiment.data.tasks],
     }
     (out / "model.yaml").write_text(yaml.safe_dump(model_spec, sort_keys=False))
-    (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump({"name": config.name, **config.raw}, sort_keys=False))
     (out / "candidate.yaml").write_text(
         yaml.safe_dump({k: v for k, v in candidate.items() if k != "tree"}, sort_keys=False)
     )
@@ -129,17 +129,18 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
         "n_params": trial.user_attrs.get("n_params"),
         **extra,
     }
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
     return metrics
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 

@@ -44,17 +44,19 @@ from automtl.train import EpochResult, fit, seed_everything
 
 __all__ = ["artifact_dir", "finished_trials", "load_study", "open_storage", "run_search", "study_config"]
 
-_SPACE_KEYS = ("data", "tasks", "backbone", "space", "train", "search.objective")
+# config key -> the parsed attributes that define the search space (compared on resume)
+_SPACE_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("data", "data_options"),
+    "tasks": ("task_overrides",),
+    "backbone": ("backbone", "backbone_options"),
+    "space": ("space",),
+    "train": ("train",),
+    "search.objective": ("objective",),
+}
 OBJECTIVES = {
     "mean_score": "mean_score: mean over tasks of the direction-adjusted validation metric (higher is better)",
     "delta_m": f"delta_m (%): {DELTA_M_CONVENTION}; baselines on validation",
 }
-
-
-def _lookup(raw: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -267,17 +269,20 @@ def run_search(
     )
     stored = study.user_attrs.get("config")
     if stored is None:
-        study.set_user_attr("config", config.raw)
+        study.set_user_attr("config", {"name": config.name, **config.raw})
         study.set_user_attr("source", config.source)
         study.set_user_attr("objective", OBJECTIVES[config.objective])
     else:
-        changed = [k for k in _SPACE_KEYS if _lookup(stored, k) != _lookup(config.raw, k)]
+        old = parse_config(stored, study.user_attrs.get("source"))
+        changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
         if changed:
             raise ConfigError(
                 changed[0],
                 f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
                 "resume it with the original config, or pass --study-name to start a new study",
             )
+        # a resumed study must not replay the candidates its seeded sampler drew the first time
+        study.sampler = _make_sampler(replace(config, seed=config.seed + len(study.trials)))
     target = n_trials if n_trials is not None else config.n_trials
     remaining = max(0, target - len(finished_trials(study)))
     if remaining == 0:

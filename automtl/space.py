@@ -31,7 +31,7 @@ import optuna
 from automtl.balance import BALANCERS, Balancer, HParam
 from automtl.config import ParamSpec, SearchConfig
 from automtl.errors import ConfigError, RegistryError
-from automtl.train import TrainConfig
+from automtl.train import OPTIMIZERS, TrainConfig
 from automtl.tree import BranchTree
 
 __all__ = ["Candidate", "SearchSpace"]
@@ -99,6 +99,14 @@ class SearchSpace:
         self.group_points = self._check_points(space.group_split_points or all_points, "space.group_split_points")
         self.task_points = self._check_points(space.task_split_points or all_points, "space.task_split_points")
         self.train = config.train
+        optimizer = self.train.get("optimizer")
+        if optimizer is not None:
+            names = [optimizer.value] if optimizer.kind == "fixed" else list(optimizer.choices)
+            if optimizer.kind == "range" or any(n not in OPTIMIZERS for n in names):
+                raise ConfigError(
+                    "train.optimizer",
+                    f"must be one of {sorted(OPTIMIZERS)} or a list of them, got {optimizer.to_yaml_value()!r}",
+                )
         self.balancers: dict[str, dict[str, ParamSpec]] = {}
         for name, overrides in space.balancers.items():
             try:
@@ -107,6 +115,13 @@ class SearchSpace:
                 raise ConfigError(f"space.balancers.{name}", str(exc)) from exc
             specs: dict[str, ParamSpec] = {}
             for hp_name, hp in cls.hyperparameters.items():
+                searchable = hp.choices is not None or (hp.low is not None and hp.high is not None)
+                given = overrides.get(hp_name)
+                if given is not None and searchable and given.kind == "fixed" and isinstance(given.value, Mapping):
+                    raise ConfigError(
+                        f"space.balancers.{name}.{hp_name}",
+                        f"a range takes low, high, log; got {given.value!r}",
+                    )
                 if hp_name in overrides:
                     specs[hp_name] = overrides[hp_name]
                 elif hp.choices is not None:

@@ -194,8 +194,8 @@ def fit(
                 continue
             stacked = torch.stack([loss.detach() for loss in losses.values()])
             if not bool(torch.isfinite(stacked).all()):
-                bad = next(t for t, loss in losses.items() if not math.isfinite(float(loss)))
-                raise NonFiniteLossError(bad, epoch, step, float(losses[bad]))
+                bad = next(t for t, loss in losses.items() if not math.isfinite(float(loss.detach())))
+                raise NonFiniteLossError(bad, epoch, step, float(losses[bad].detach()))
             optimizer.zero_grad(set_to_none=True)
             ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features})
             weights = balancer.backward(losses, ctx)

@@ -267,6 +267,8 @@ class BranchTree:
         Raises:
             ValueError: If keys are missing or the partitions are invalid.
         """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a BranchTree mapping needs the keys 'tasks' and 'partitions', got {type(d).__name__}")
         try:
             return cls(d["tasks"], d["partitions"])
         except KeyError as exc:

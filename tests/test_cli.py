@@ -1,0 +1,169 @@
+"""The command line: a thin shell over the Python API, with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from automtl.backbones import BACKBONES
+from automtl.balance import BALANCERS
+from automtl.data import DATASETS
+from automtl.losses import LOSSES
+from automtl.metrics import METRICS
+from cli import main
+from tests.conftest import DELETE, set_key, tiny_raw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def _refuse(token: str) -> None:
+    """``json.loads`` hook: NaN and Infinity are not JSON."""
+    raise ValueError(f"not valid JSON: {token}")
+
+
+@pytest.fixture(scope="module")
+def searched_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``automtl search`` on a tiny config file, with the storage given on the command line."""
+    tmp = tmp_path_factory.mktemp("cli")
+    raw = set_key(tiny_raw(tmp), "search.storage", DELETE)  # the command line supplies it
+    config = tmp / "tiny_cli.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    storage = f"sqlite:///{tmp / 'cli.db'}"
+    code, out, err = run("search", str(config), "--storage", storage, "--no-progress")
+    return {"tmp": tmp, "config": config, "storage": storage, "code": code, "out": out, "err": err}
+
+
+@pytest.mark.slow
+def test_search(searched_cli: dict[str, Any]) -> None:
+    assert searched_cli["code"] == 0, searched_cli["err"]
+    out = searched_cli["out"]
+    lines = out.splitlines()
+    assert lines[0].startswith("trial   0 complete") and lines[1].startswith("trial   1 complete")
+    assert all(f" {t}=" in lines[0] for t in "abcd")
+    assert "study 'tiny': 2 complete" in out and "best: trial" in out and "higher is better" in out
+    assert Path(searched_cli["storage"][len("sqlite:///") :]).is_file()
+    # a second search resumes: nothing left to run
+    code, out, _ = run("search", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--no-progress")
+    assert code == 0 and "trial   2" not in out and "2 complete" in out
+
+
+@pytest.mark.slow
+def test_show(searched_cli: dict[str, Any]) -> None:
+    code, out, err = run("show", "--storage", searched_cli["storage"])
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("trial"))
+    assert header.split()[:6] == ["trial", "state", "score", "balancer", "params", "tree"]
+    assert header.split()[6:10] == ["a", "b", "c", "d"]  # one validation-metric column per task
+    assert "higher is better" in out
+    assert "\ninput\n" in out and "head a" in out and "head d" in out  # the best tree, drawn
+    assert "task indices: 0=a  1=b  2=c  3=d" in out
+    # the config file locates the study too (with the same storage)
+    code, by_config, _ = run("show", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--top", "1")
+    assert code == 0 and "study 'tiny'" in by_config
+    rows = [line for line in by_config.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 1
+
+
+@pytest.mark.slow
+def test_export_then_evaluate(searched_cli: dict[str, Any]) -> None:
+    out_dir = searched_cli["tmp"] / "bundle"
+    code, out, err = run("export", "--storage", searched_cli["storage"], "--study-name", "tiny", "--out", str(out_dir))
+    assert code == 0, err
+    assert f"to {out_dir}" in out and "(score)" in out and "direction" in out
+    assert (out_dir / "weights.safetensors").is_file()
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    code, out, err = run("evaluate", str(out_dir), "--split", "test")
+    assert code == 0, err
+    assert json.loads(out, parse_constant=_refuse) == metrics["test"]
+    code, out, _ = run("evaluate", str(out_dir), "--split", "val")
+    assert code == 0 and json.loads(out) == metrics["val"]
+
+
+@pytest.mark.parametrize(
+    ("what", "registry"),
+    [("balancers", BALANCERS), ("backbones", BACKBONES), ("datasets", DATASETS), ("metrics", METRICS), ("losses", LOSSES)],
+)
+def test_list(what: str, registry: Any) -> None:
+    code, out, _ = run("list", what)
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert names == registry.list()
+    if what == "metrics":
+        assert "mae  " in out and "minimize" in out and "maximize" in out
+
+
+BAD = [
+    ("bogus", 1, "bogus"),
+    ("train.lr", {"low": 1.0e-2, "high": 1.0e-3}, "train.lr"),
+    ("space.balancers", ["equal", "no_such_balancer"], "space.balancers.no_such_balancer"),
+    ("search.sampler", "grid", "search.sampler"),
+    ("tasks", {"zzz": {"loss": "mse"}}, "tasks.zzz"),
+    ("backbone.options", {"hidden": []}, "backbone.options"),
+    ("data.name", "no_such_data_set", "data.name"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value", "key"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, dotted: str, value: Any, key: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(set_key(tiny_raw(tmp_path), dotted, value)))
+    code, out, err = run("search", str(path), "--no-progress")
+    assert code == 2
+    assert err.startswith("automtl search: error: ") and f"config key '{key}'" in err
+    assert out == ""
+
+
+def test_missing_inputs_exit_2(tmp_path: Path) -> None:
+    code, _, err = run("search", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "nope.yaml" in err
+    code, _, err = run("show", "--storage", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert code == 2 and "no study in storage" in err
+    code, _, err = run("evaluate", str(tmp_path))
+    assert code == 2 and "is missing" in err
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        run("list", "planets")
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        run()
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_module_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    for command in ("search", "show", "export", "evaluate", "list"):
+        assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_prints_valid_json_for_a_nan_metric(tmp_path: Path) -> None:
+    raw = set_key(tiny_raw(tmp_path), "data.options", {"hide": {"test": ["c"]}})
+    raw = set_key(raw, "search.n_trials", 1)
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert run("search", str(path), "--no-progress")[0] == 0
+    assert run("export", str(path), "--out", str(tmp_path / "b"))[0] == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["test"]["c"] is None
+    code, out, _ = run("evaluate", str(tmp_path / "b"))
+
+    assert code == 0 and json.loads(out, parse_constant=_refuse) == metrics["test"]

@@ -1,0 +1,137 @@
+"""Export bundles: self-contained, reloadable, and reproducing their reported metrics exactly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+import automtl
+from automtl.build import BranchedNet
+from automtl.config import SearchConfig, load_config, parse_config
+from automtl.export import evaluate_bundle, export_trial, load
+from automtl.search import run_search
+from automtl.tree import BranchTree
+from tests import helpers
+
+pytestmark = pytest.mark.slow  # every test here runs (or reads) a real search
+
+BUNDLE_FILES = {"tree.yaml", "model.yaml", "weights.safetensors", "config.yaml", "candidate.yaml", "metrics.json"}
+
+
+@pytest.fixture(scope="module")
+def bundle(searched: tuple[SearchConfig, optuna.Study], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config, study = searched
+    out = tmp_path_factory.mktemp("bundle") / "best"
+    export_trial(study, config.storage, out)
+    return out
+
+
+def test_bundle_contents(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
+    config, study = searched
+    assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    best = study.best_trial
+    assert (metrics["study"], metrics["trial"], metrics["selected_on"]) == ("tiny", best.number, "val")
+    assert metrics["search_val_score"] == best.value
+    assert metrics["n_params"] == best.user_attrs["n_params"]
+    assert set(metrics["val"]) == set(metrics["test"]) == {"a", "b", "c", "d"}
+    assert metrics["metric_of_task"]["b"] == {"metric": "r2", "direction": "maximize"}
+    # the exported weights are the trial's: validation metrics are reproduced bit for bit
+    assert metrics["val"] == best.user_attrs["val_metrics"]
+    assert metrics["val_score"] == best.value
+    tree_text = (bundle / "tree.yaml").read_text()
+    assert tree_text.startswith("# input\n") and "# " in tree_text and "head a" in tree_text
+    assert BranchTree.from_yaml(tree_text) == BranchTree.from_dict(best.user_attrs["candidate"]["tree"])
+    candidate = yaml.safe_load((bundle / "candidate.yaml").read_text())
+    assert candidate["balancer"] == best.params["balancer"] and candidate["train"]["lr"] == best.params["train.lr"]
+    assert parse_config(yaml.safe_load((bundle / "config.yaml").read_text())) == parse_config(config.raw)
+
+
+def test_evaluate_reproduces_the_exported_test_metrics_exactly(bundle: Path) -> None:
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert evaluate_bundle(bundle, "test") == metrics["test"]
+    assert automtl.evaluate_bundle(str(bundle), split="val") == metrics["val"]
+
+
+def test_load_gives_a_model_with_per_task_outputs(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
+    net = automtl.load(bundle)
+    assert isinstance(net, BranchedNet) and not net.training
+    assert net.tree == BranchTree.from_dict(searched[1].best_trial.user_attrs["candidate"]["tree"])
+    data = helpers.tiny_data()
+    x = data.test.x[:5]
+    out = net(x)
+    assert set(out) == {"a", "b", "c", "d"}
+    assert out["a"].shape == (5,) and out["b"].shape == (5,) and out["c"].shape == (5, 3) and out["d"].shape == (5, 2)
+    # a second load is the same network
+    again = load(bundle)
+    assert all(torch.equal(out[t], again(x)[t]) for t in out)
+
+
+def test_predict_gives_probabilities_and_original_units(bundle: Path) -> None:
+    net = load(bundle)
+    data = helpers.tiny_data()
+    spec = net.tasks[1]
+    assert spec.name == "b" and spec.target_mean == data.task("b").target_mean and spec.target_std == data.task("b").target_std
+    with torch.no_grad():
+        raw = net(data.test.x)
+    pred = net.predict(data.test.x)
+    for t in ("a", "c", "d"):
+        assert ((pred[t] >= 0) & (pred[t] <= 1)).all()
+    torch.testing.assert_close(pred["c"].sum(dim=1), torch.ones(len(data.test)))
+    torch.testing.assert_close(pred["b"], raw["b"] * spec.target_std + spec.target_mean)
+    # in the target's own unit: around the original scale (mean ~100), not standardized (~0)
+    assert abs(float(pred["b"].mean()) - helpers.REG_MEAN) < 2 * spec.target_std
+    original = data.test.y["b"] * spec.target_std + spec.target_mean
+    assert float((pred["b"] - original).abs().mean()) < float((raw["b"] - original).abs().mean())
+
+
+def test_export_a_given_trial(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
+    config, study = searched
+    metrics = export_trial(study, config.storage, tmp_path / "t1", trial_number=1)
+    assert metrics["trial"] == 1 and metrics["val"] == study.trials[1].user_attrs["val_metrics"]
+    assert load(tmp_path / "t1").tree == BranchTree.from_dict(study.trials[1].user_attrs["candidate"]["tree"])
+    with pytest.raises(LookupError, match="no trial 99"):
+        export_trial(study, config.storage, tmp_path / "t99", trial_number=99)
+
+
+def test_missing_weights_and_files(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
+    _, study = searched
+    with pytest.raises(FileNotFoundError, match="weights of trial"):
+        export_trial(study, f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        load(tmp_path)
+
+
+def test_unknown_split(bundle: Path) -> None:
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        evaluate_bundle(bundle, "holdout")
+
+
+def test_failed_trial_has_nothing_to_export(
+    make_config: Callable[..., SearchConfig], nan_loss_calls: dict[str, int], tmp_path: Path
+) -> None:
+    config = make_config({"tasks": {"b": {"loss": "tests.helpers:nan_loss"}}, "train.epochs": 1, "search.n_trials": 1})
+    nan_loss_calls["calls_left"] = 1
+    study = run_search(config, progress=False)
+    with pytest.raises(LookupError, match="no complete trial"):
+        export_trial(study, config.storage, tmp_path / "out")
+    with pytest.raises(LookupError, match="trial 0 is fail"):
+        export_trial(study, config.storage, tmp_path / "out", trial_number=0)
+
+
+def test_export_of_a_config_file_without_name(tmp_path: Path, raw_config: dict) -> None:
+    raw = dict(raw_config)
+    raw.pop("name")
+    raw["train"] = {**raw["train"], "epochs": 1}
+    path = tmp_path / "unnamed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    study = run_search(config, n_trials=1, progress=False)
+    metrics = export_trial(study, config.storage, tmp_path / "out")
+    assert evaluate_bundle(tmp_path / "out", "test") == metrics["test"]

@@ -1,0 +1,126 @@
+"""The search space: a stable encoding, and the trees and balancers it can reach."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+import pytest
+
+from automtl.balance import create_balancer
+from automtl.config import SearchConfig
+from automtl.experiment import prepare
+from automtl.space import Candidate, SearchSpace
+from automtl.train import TrainConfig
+from automtl.tree import BranchTree
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _space(config: SearchConfig) -> SearchSpace:
+    experiment = prepare(config)
+    return SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
+
+
+def _sample(space: SearchSpace, n: int, seed: int = 0) -> tuple[optuna.Study, list[Candidate]]:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    candidates = []
+    for _ in range(n):
+        trial = study.ask()
+        candidates.append(space.sample(trial))
+        study.tell(trial, 0.0)
+    return study, candidates
+
+
+def test_encoding_names_and_ranges_are_the_same_in_every_trial(make_config: Callable[..., SearchConfig]) -> None:
+    config = make_config({"train.batch_size": [16, 32], "space.task_split_points": [1, 3]})
+    study, _ = _sample(_space(config), 12)
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.trials:
+        for name, dist in trial.distributions.items():
+            assert distributions.setdefault(name, dist) == dist, f"{name} changed its range"
+    tasks = ["a", "b", "c", "d"]
+    always = {
+        *(f"tree.group.{t}" for t in tasks),
+        "tree.group_split.0",
+        "tree.group_split.1",
+        *(f"tree.task_split.{t}" for t in tasks),
+        "balancer",
+        "train.lr",
+        "train.batch_size",
+    }
+    for trial in study.trials:
+        names = set(trial.params)
+        # only the chosen balancer's own hyperparameters come and go
+        assert names - {n for n in names if n.startswith("balancer.")} == always
+        assert {n for n in names if n.startswith("balancer.")} <= {f"balancer.{trial.params['balancer']}.temperature"}
+    assert distributions["tree.group.a"] == optuna.distributions.IntDistribution(0, 1)
+    assert distributions["tree.group_split.1"] == optuna.distributions.IntDistribution(0, 3)
+    assert distributions["tree.task_split.a"] == optuna.distributions.CategoricalDistribution([1, 3])
+    assert distributions["balancer"] == optuna.distributions.CategoricalDistribution(["equal", "dwa", "uncertainty"])
+    assert distributions["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+
+
+def test_one_group_and_no_split_point_is_hard_sharing(make_config: Callable[..., SearchConfig]) -> None:
+    config = make_config({"space.max_groups": 1, "space.group_split_points": [3], "space.task_split_points": [3]})
+    space = _space(config)
+    _, candidates = _sample(space, 6)
+    for candidate in candidates:
+        assert candidate.tree.is_hard_sharing()
+        assert candidate.tree == BranchTree.hard_sharing(["a", "b", "c", "d"], 3)
+
+
+def test_split_at_zero_is_single_task(make_config: Callable[..., SearchConfig]) -> None:
+    _, candidates = _sample(_space(make_config({"space.task_split_points": [0]})), 4)
+    assert all(c.tree == BranchTree.single_task(["a", "b", "c", "d"], 3) for c in candidates)
+
+
+def test_random_trials_reach_several_trees_and_balancers(make_config: Callable[..., SearchConfig]) -> None:
+    _, candidates = _sample(_space(make_config()), 10, seed=1)
+    assert len({c.tree for c in candidates}) >= 2
+    assert len({c.balancer for c in candidates}) >= 2
+    for c in candidates:
+        assert c.tree.tasks == ("a", "b", "c", "d") and c.tree.n_blocks == 3
+        assert 1e-3 <= c.train.lr <= 1e-2 and c.train.epochs == 2 and c.train.batch_size == 32
+        assert (c.balancer == "dwa") == ("temperature" in c.balancer_params)
+    assert len({c.train.seed for c in candidates}) == len(candidates)  # each trial its own training seed
+
+
+def test_max_groups_is_capped_by_the_number_of_tasks(make_config: Callable[..., SearchConfig]) -> None:
+    space = _space(make_config({"space.max_groups": 9}))
+    assert space.max_groups == 4
+    study, _ = _sample(space, 2)
+    assert study.trials[0].distributions["tree.group.a"] == optuna.distributions.IntDistribution(0, 3)
+
+
+def test_balancer_overrides(make_config: Callable[..., SearchConfig]) -> None:
+    config = make_config({"space.balancers": {"dwa": {"temperature": 3.0}, "fixed": {"weights": {"a": 2.0}}}})
+    _, candidates = _sample(_space(config), 8)
+    for c in candidates:
+        expected = {"temperature": 3.0} if c.balancer == "dwa" else {"weights": {"a": 2.0}}
+        assert c.balancer_params == expected
+        balancer = create_balancer(c.balancer, ["a", "b", "c", "d"], **c.balancer_params)
+        if c.balancer == "fixed":
+            assert balancer.weights == {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    assert {c.balancer for c in candidates} == {"dwa", "fixed"}
+
+
+def test_candidate_round_trip(make_config: Callable[..., SearchConfig]) -> None:
+    _, candidates = _sample(_space(make_config()), 3)
+    for c in candidates:
+        again = Candidate.from_dict(c.to_dict())
+        assert again == c and isinstance(again.train, TrainConfig)
+
+
+def test_describe(make_config: Callable[..., SearchConfig]) -> None:
+    described = _space(make_config({"space.group_split_points": [1, 3]})).describe()
+    assert described["tasks"] == ["a", "b", "c", "d"] and described["n_blocks"] == 3
+    assert described["group_split_points"] == [1, 3] and described["task_split_points"] == [0, 1, 2, 3]
+    assert described["balancers"]["dwa"] == {"temperature": {"low": 0.5, "high": 5.0, "log": True}}
+    assert described["train"]["lr"] == {"low": 1e-3, "high": 1e-2, "log": True}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", ["adam", "sgd"]])
+def test_known_optimizers_are_accepted(make_config: Callable[..., SearchConfig], optimizer: object) -> None:
+    _, candidates = _sample(_space(make_config({"train.optimizer": optimizer})), 2)
+    assert all(c.train.optimizer in ("adamw", "adam", "sgd") for c in candidates)

@@ -1,0 +1,170 @@
+"""The training loop: it learns, reports every epoch, is deterministic, and stops on NaN."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from automtl.backbones import Backbone
+from automtl.balance import create_balancer
+from automtl.build import BranchedNet, build_model
+from automtl.data import MultiTaskData
+from automtl.errors import NonFiniteLossError
+from automtl.train import (
+    BatchContext,
+    EpochResult,
+    TrainConfig,
+    evaluate,
+    fit,
+    predict,
+    seed_everything,
+)
+from automtl.tree import BranchTree
+from tests.helpers import NAN_LOSS
+
+TREE = BranchTree(["a", "b", "c", "d"], [[["a", "b", "c", "d"]], [["a", "b"], ["c", "d"]], [["a", "b"], ["c"], ["d"]]])
+
+
+def _net(data: MultiTaskData, backbone: Backbone, seed: int = 0) -> BranchedNet:
+    seed_everything(seed)
+    return build_model(TREE, backbone, data.tasks, device="cpu")
+
+
+def _run(data: MultiTaskData, backbone: Backbone, config: TrainConfig, balancer: str = "equal", **kw) -> list[EpochResult]:
+    net = _net(data, backbone, config.seed)
+    return fit(net, data, create_balancer(balancer, data.task_names), config, **kw).history
+
+
+@pytest.mark.slow
+def test_fit_reduces_the_training_loss(data: MultiTaskData, backbone: Backbone) -> None:
+    history = _run(data, backbone, TrainConfig(epochs=6, batch_size=16, lr=1e-2, weight_decay=0.0))
+    first, last = history[0].train_losses, history[-1].train_losses
+    assert set(first) == set(last) == set(data.task_names)
+    assert sum(last.values()) < 0.8 * sum(first.values())
+    assert all(last[t] < first[t] for t in data.task_names)
+    assert history[-1].val_metrics["a"] > 0.6  # AUROC above chance on a learnable task
+
+
+def test_on_epoch_receives_every_epoch(data: MultiTaskData, backbone: Backbone) -> None:
+    seen: list[EpochResult] = []
+    net = _net(data, backbone)
+    result = fit(net, data, create_balancer("dwa", data.task_names), TrainConfig(epochs=3, batch_size=32), on_epoch=seen.append)
+    assert [e.epoch for e in seen] == [0, 1, 2] and seen == result.history
+    for e in seen:
+        assert set(e.val_metrics) == set(data.task_names) and all(math.isfinite(v) for v in e.val_metrics.values())
+        assert math.isfinite(e.val_score) and e.seconds >= 0
+        assert set(e.weights) == set(data.task_names) and all(math.isfinite(w) for w in e.weights.values())
+    assert seen[0].weights == {t: 1.0 for t in data.task_names}  # DWA starts with weight 1
+    assert result.val_metrics == seen[-1].val_metrics and result.val_score == seen[-1].val_score
+    assert result.seconds == pytest.approx(sum(e.seconds for e in seen))
+
+
+def test_on_epoch_exception_stops_training(data: MultiTaskData, backbone: Backbone) -> None:
+    epochs: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(result: EpochResult) -> None:
+        epochs.append(result.epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(_net(data, backbone), data, create_balancer("equal", data.task_names), TrainConfig(epochs=4), on_epoch=stop_after_first)
+    assert epochs == [0]
+
+
+def test_on_batch_sees_every_step(data: MultiTaskData, backbone: Backbone) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def on_batch(ctx: BatchContext) -> None:
+        assert isinstance(ctx.net, BranchedNet) and isinstance(ctx.optimizer, torch.optim.Optimizer)
+        calls.append((ctx.epoch, ctx.step, len(ctx.batch)))
+
+    fit(_net(data, backbone), data, create_balancer("equal", data.task_names), TrainConfig(epochs=2, batch_size=40), on_batch=on_batch)
+    # 96 training samples in batches of 40: 40, 40, 16 per epoch; the step counter is global
+    assert calls == [(0, 0, 40), (0, 1, 40), (0, 2, 16), (1, 3, 40), (1, 4, 40), (1, 5, 16)]
+
+
+def test_same_seed_gives_identical_metrics(data: MultiTaskData, backbone: Backbone) -> None:
+    config = TrainConfig(epochs=2, batch_size=16, lr=5e-3, seed=7)
+    first = _run(data, backbone, config, "uncertainty")
+    second = _run(data, backbone, config, "uncertainty")
+    assert [e.val_metrics for e in first] == [e.val_metrics for e in second]
+    assert [e.train_losses for e in first] == [e.train_losses for e in second]
+    other = _run(data, backbone, dataclasses.replace(config, seed=8), "uncertainty")
+    assert [e.val_metrics for e in other] != [e.val_metrics for e in first]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_optimizers(data: MultiTaskData, backbone: Backbone, optimizer: str) -> None:
+    history = _run(data, backbone, TrainConfig(epochs=1, batch_size=32, optimizer=optimizer))
+    assert math.isfinite(history[-1].val_score)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"epochs": 0}, "epochs and batch_size must be >= 1"),
+        ({"batch_size": 0}, "epochs and batch_size must be >= 1"),
+        ({"lr": 0.0}, "lr must be a positive finite number"),
+        ({"lr": -1e-3}, "lr must be a positive finite number"),
+        ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"lr": float("inf")}, "lr must be a positive finite number"),
+    ],
+)
+def test_train_config_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_round_trip() -> None:
+    config = TrainConfig(epochs=3, batch_size=8, lr=0.1, weight_decay=0.0, optimizer="sgd", seed=4)
+    assert TrainConfig(**config.to_dict()) == config
+
+
+def test_nan_loss_raises_naming_the_task(data: MultiTaskData, backbone: Backbone, nan_loss_calls: dict) -> None:
+    data.tasks = [dataclasses.replace(t, loss="tests.helpers:nan_loss") if t.name == "b" else t for t in data.tasks]
+    net = _net(data, backbone)
+    before = [p.detach().clone() for p in net.parameters()]
+    # epoch 0 (3 steps of 32) is clean; the callback arms one NaN for epoch 1, step 0 (global step 3)
+    seen: list[int] = []
+
+    def arm(result: EpochResult) -> None:
+        seen.append(result.epoch)
+        nan_loss_calls["calls_left"] = 1
+
+    with pytest.raises(NonFiniteLossError) as exc:
+        fit(net, data, create_balancer("equal", data.task_names), TrainConfig(epochs=3, batch_size=32), on_epoch=arm)
+    assert (exc.value.task, exc.value.epoch, exc.value.step) == ("b", 1, 3)
+    assert math.isnan(exc.value.value) and "task 'b'" in str(exc.value)
+    assert seen == [0]
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))  # epoch 0 did train
+
+
+def test_nan_loss_stops_before_the_update(data: MultiTaskData, backbone: Backbone, nan_loss_calls: dict) -> None:
+    data.tasks = [dataclasses.replace(t, loss="tests.helpers:nan_loss") if t.name == "b" else t for t in data.tasks]
+    nan_loss_calls["calls_left"] = 1
+    net = _net(data, backbone)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"loss of task 'b' is nan at epoch 0, step 0"):
+        fit(net, data, create_balancer("equal", data.task_names), TrainConfig(epochs=1))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # NaN never reached the weights
+    assert NAN_LOSS["calls"] == 1
+
+
+def test_evaluate_and_predict(data: MultiTaskData, backbone: Backbone) -> None:
+    net = _net(data, backbone)
+    net.train()
+    outputs = predict(net, data.val, batch_size=7)
+    assert net.training  # restored
+    assert outputs["a"].shape == (len(data.val),) and outputs["c"].shape == (len(data.val), 3)
+    torch.testing.assert_close(outputs["d"], net.eval()(data.val.x)["d"])
+    metrics = evaluate(net, data.val, data.tasks, batch_size=5)
+    assert metrics == pytest.approx(evaluate(net, data.val, data.tasks), abs=1e-6)  # nor does batching
+    hidden = dataclasses.replace(data.val, mask={**data.val.mask, "c": torch.zeros(len(data.val), dtype=torch.bool)})
+    assert math.isnan(evaluate(net, hidden, data.tasks)["c"])
