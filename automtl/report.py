@@ -149,11 +149,16 @@ def format_registry(what: str) -> str:
     from automtl.space import hparam_table
 
     if what == "balancers":
+        from automtl.balance import describe_balancers
+
         rows = []
-        for name in BALANCERS:
-            cls = BALANCERS.get(name)
-            rows.append([name, cls.family, hparam_table(cls.hyperparameters), cls.paper])
-        return format_table(["balancer", "family", "hyperparameters (default, search range)", "source"], rows)
+        for entry in describe_balancers():
+            cls = BALANCERS.get(entry["name"])
+            note = f"missing {entry['missing']}: {entry['install']}" if entry["missing"] else ""
+            rows.append([entry["name"], entry["family"], hparam_table(cls.hyperparameters), entry["paper"], note])
+        return format_table(
+            ["balancer", "family", "hyperparameters (default, search range)", "source", "not installed"], rows
+        )
     if what == "backbones":
         rows = [[n, _first_line(BACKBONES.get(n).__doc__)] for n in BACKBONES]
         return format_table(["backbone", "description"], rows)

@@ -108,11 +108,17 @@ class SearchSpace:
                     f"must be one of {sorted(OPTIMIZERS)} or a list of them, got {optimizer.to_yaml_value()!r}",
                 )
         self.balancers: dict[str, dict[str, ParamSpec]] = {}
-        for name, overrides in space.balancers.items():
+        for name, overrides in self._expand_all(space.balancers).items():
             try:
                 cls: type[Balancer] = BALANCERS.get(name)
             except RegistryError as exc:
                 raise ConfigError(f"space.balancers.{name}", str(exc)) from exc
+            missing = getattr(cls, "missing_requirements", lambda: [])()
+            if missing:
+                raise ConfigError(
+                    f"space.balancers.{name}",
+                    f"needs {missing}, which are not installed: {getattr(cls, 'install_hint', '')}",
+                )
             specs: dict[str, ParamSpec] = {}
             for hp_name, hp in cls.hyperparameters.items():
                 searchable = hp.choices is not None or (hp.low is not None and hp.high is not None)
@@ -139,6 +145,24 @@ class SearchSpace:
                     f"'{name}' has no such hyperparameter; it has {sorted(cls.hyperparameters) or 'none'}",
                 )
             self.balancers[name] = specs
+
+    @staticmethod
+    def _expand_all(balancers: Mapping[str, dict[str, ParamSpec]]) -> dict[str, dict[str, ParamSpec]]:
+        """``all``: every registered balancer whose optional requirements are installed; its
+        overrides apply to each balancer that has that hyperparameter; named entries win."""
+        if "all" not in balancers:
+            return dict(balancers)
+        shared = balancers["all"]
+        out: dict[str, dict[str, ParamSpec]] = {}
+        for name in BALANCERS.list():
+            cls = BALANCERS.get(name)
+            if getattr(cls, "missing_requirements", lambda: [])():
+                continue
+            if name == "fixed" and "weights" not in shared:
+                continue  # equal weighting already covers fixed weights of 1
+            out[name] = {k: v for k, v in shared.items() if k in cls.hyperparameters}
+        out.update({k: v for k, v in balancers.items() if k != "all"})
+        return out
 
     def _check_points(self, points: Sequence[int], key: str) -> tuple[int, ...]:
         bad = [p for p in points if not 0 <= p <= self.n_blocks]

@@ -3,17 +3,22 @@
 A balancer decides how the task losses of one training step become gradients. Two families
 share the one interface:
 
-* **loss weighting** (:class:`LossWeighting`): a weighted sum of the task losses, then one
-  ``backward()``;
-* **gradient aggregation** (issue-level extension): per-task gradients of each shared
-  parameter group combined by an aggregator. :class:`StepContext` hands such methods the
-  network's parameter groups, each with the tasks that use it, so they never need to know
-  the tree's shape.
+* **loss weighting** (``family = "loss_weighting"``; most subclass :class:`LossWeighting`): a
+  weighted sum of the task losses (or another scalar of them), then one ``backward()``;
+* **gradient aggregation** (``family = "gradient_aggregation"``,
+  :class:`automtl.balance.GradientAggregation`): per-task gradients of each shared parameter
+  group combined by an aggregator, under the tree rule of :mod:`automtl.balance._tree` (a
+  block shared by some tasks aggregates exactly their gradients; a block or head used by one
+  task gets its plain gradient). :class:`StepContext` hands such methods the network's
+  parameter groups, each with the tasks that use it, and the outputs of the tree's nodes, so
+  they never need to know the tree's shape.
 
-The trainer calls, per step, :meth:`Balancer.backward` (after ``optimizer.zero_grad()``), and
-per epoch :meth:`Balancer.on_epoch_end`. A balancer's own learnable parameters (e.g. the
-log-variances of uncertainty weighting) are ``nn.Parameter`` s of the balancer, which the
-trainer adds to the optimizer.
+The trainer calls, per step, :meth:`Balancer.backward` (after ``optimizer.zero_grad()``, before
+``optimizer.step()``), and per epoch :meth:`Balancer.on_epoch_end`. Only the tasks labelled in
+the batch are in ``losses``; the others take no part in the step. A balancer's own learnable
+parameters (e.g. the log-variances of uncertainty weighting) are ``nn.Parameter`` s of the
+balancer, which the trainer adds to the optimizer; state that a method updates by its own
+rule (GradNorm's weights, FAMO's logits) lives in buffers.
 """
 
 from __future__ import annotations
@@ -62,7 +67,9 @@ class StepContext:
         step: Global optimizer step (0-based).
         extra: Strategy-specific inputs. The trainer puts ``"features"``: the output tensor of
             every tree node of this forward pass, ``{Node: [N, ...]}`` (still in the graph), for
-            methods that aggregate gradients of shared representations.
+            methods that aggregate gradients of shared representations (gradient aggregation
+            in ``"representation"`` mode, GradNorm in ``"representation"`` mode); they raise a
+            ``ValueError`` when it is missing.
     """
 
     param_groups: Sequence[ParamGroup]

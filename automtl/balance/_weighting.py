@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,14 +33,17 @@ class FixedWeighting(LossWeighting):
 
     Args:
         tasks: Every task name.
-        weights: Weight of each task (finite, ``>= 0``); a task left out gets 1.
+        weights: Weight of each task (finite, ``>= 0``); a task left out gets 1, so the
+            default (no mapping) is equal weighting.
 
     Raises:
         ValueError: A weight is negative or not finite, or names an unknown task.
     """
 
     paper = "Fixed linear scalarization (baseline)"
-    hyperparameters = {"weights": HParam(default=None, doc="mapping task -> weight; not searched")}
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "weights": HParam(default={}, doc="mapping task -> weight (a task left out gets 1); not searched")
+    }
 
     def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__(tasks)
@@ -53,8 +57,7 @@ class FixedWeighting(LossWeighting):
         self.weights = {t: float(weights.get(t, 1.0)) for t in tasks}
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        w = {t: self.weights[t] for t in losses}
-        return torch.stack([w[t] * loss for t, loss in losses.items()]).sum(), w
+        return _weighted_sum(losses, {t: self.weights[t] for t in losses})
 
 
 @register_balancer("uncertainty")
@@ -75,12 +78,13 @@ class UncertaintyWeighting(LossWeighting):
         self._index = {t: i for i, t in enumerate(self.tasks)}
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        terms, weights = [], {}
-        for t, loss in losses.items():
-            s = self.log_vars[self._index[t]]
-            terms.append(0.5 * torch.exp(-s) * loss + 0.5 * s)
-            weights[t] = float(0.5 * torch.exp(-s.detach()))
-        return torch.stack(terms).sum(), weights
+        stacked = torch.stack(list(losses.values()))
+        s = self.log_vars if list(losses) == self.tasks else self.log_vars[
+            torch.tensor([self._index[t] for t in losses], device=self.log_vars.device)
+        ]
+        half_precision = 0.5 * torch.exp(-s)
+        total = (half_precision.to(stacked.dtype) * stacked).sum() + 0.5 * s.sum()
+        return total, dict(zip(losses, half_precision.detach().tolist()))
 
 
 @register_balancer("dwa")
@@ -97,7 +101,7 @@ class DWA(LossWeighting):
     """
 
     paper = "Liu, Johns, Davison. End-to-end multi-task learning with attention. CVPR 2019, eq. 7"
-    hyperparameters = {
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
         "temperature": HParam(default=2.0, low=0.5, high=5.0, log=True, doc="τ; paper: 2 (softer as it grows)")
     }
 
@@ -124,5 +128,11 @@ class DWA(LossWeighting):
         self.current = {t: float(w[i]) for i, t in enumerate(self.tasks)}
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        w = {t: self.current[t] for t in losses}
-        return torch.stack([w[t] * loss for t, loss in losses.items()]).sum(), w
+        return _weighted_sum(losses, {t: self.current[t] for t in losses})
+
+
+def _weighted_sum(losses: Mapping[str, torch.Tensor], weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """``Σ_t w_t L_t`` with Python-float weights, as one small matrix product."""
+    stacked = torch.stack(list(losses.values()))
+    w = torch.tensor([weights[t] for t in losses], dtype=stacked.dtype, device=stacked.device)
+    return w @ stacked, weights

@@ -1,0 +1,409 @@
+"""The gradient-aggregation balancers, one per torchjd aggregator in use in multi-task learning.
+
+Notation: ``J`` ``[m, n]`` holds one task gradient per row (``g_t = J[t]``), ``G = J Jᵀ`` its
+Gramian ``[m, m]``; each method returns the update direction ``d`` ``[n]``. In ``"full"`` mode
+``n`` is the number of parameters of a shared segment, in ``"representation"`` mode
+``n = N·d``, the flattened shared representation (see :mod:`automtl.balance._aggregation`).
+
+torchjd aggregators left out, and why: ``Mean``/``Sum``/``Constant``/``Random`` are the
+loss weightings ``equal``, ``fixed`` and ``rlw``; ``Krum`` and ``TrimmedMean`` are
+Byzantine-robust aggregators for federated learning; ``PCD`` needs a priority order of the
+tasks; the ``MoDo`` and ``SDMGrad`` weightings need two or three independent mini-batches per
+step, which a one-batch training step does not have; ``CRMOGMWeighting`` wraps another
+weighting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from automtl.balance._aggregation import (
+    GradientAggregation,
+    _mode_hparam,
+    torchjd_aggregation,
+)
+from automtl.balance._base import HParam, register_balancer
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import Aggregator
+
+_QUADPROG_HINT = "pip install 'torchjd[quadprog-projector]>=0.18,<0.19' (a dependency of automtl)"
+
+__all__ = [
+    "IMTLG",
+    "MGDA",
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "ExcessMTL",
+    "FairGrad",
+    "GradDrop",
+    "GradVac",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
+]
+
+
+@register_balancer("upgrad")
+class UPGrad(GradientAggregation):
+    """UPGrad: project every task gradient onto the dual cone of all of them, then average.
+
+    ``d = (1/m) Σ_i π_J(g_i)``, where ``π_J`` projects onto the dual cone
+    ``{x : J x ≥ 0}``; each projection is a small quadratic program on ``G`` (Quinton and Rey,
+    "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232, 2024, eq. 5). ``d``
+    conflicts with no task (``J d ≥ 0``). Uses torchjd's ``UPGrad`` (quadprog solver, installed
+    with automtl).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+    """
+
+    paper = "Quinton, Rey. Jacobian descent for multi-objective optimization. arXiv:2406.16232, 2024, eq. 5"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+    requires = ("quadprog", "qpsolvers")
+    install_hint = _QUADPROG_HINT
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().UPGrad()
+
+
+@register_balancer("mgda")
+class MGDA(GradientAggregation):
+    """MGDA: the minimum-norm point of the convex hull of the task gradients.
+
+    ``d = Σ_t α_t g_t`` with ``α = argmin_{α ∈ Δ_m} ‖αᵀ J‖²`` (Désidéri, C. R. Math. 2012),
+    solved by the Frank-Wolfe iteration of Sener and Koltun (NeurIPS 2018, Alg. 2). With
+    ``mode="representation"`` this is their MGDA-UB (§3.3, eq. 5): ``α`` is found on the
+    gradients of the shared representation.
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` (MGDA) or ``"representation"`` (MGDA-UB); searched: both.
+    """
+
+    paper = "Sener, Koltun. Multi-task learning as multi-objective optimization. NeurIPS 2018, Alg. 2 (MGDA-UB: eq. 5)"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().MGDA()
+
+
+@register_balancer("pcgrad")
+class PCGrad(GradientAggregation):
+    """PCGrad: gradient surgery.
+
+    For each task ``i``, in a random order of the others: if ``g_iᴾᶜ · g_j < 0``,
+    ``g_iᴾᶜ ← g_iᴾᶜ − (g_iᴾᶜ · g_j / ‖g_j‖²) g_j``; then ``d = Σ_i g_iᴾᶜ`` (Yu et al.,
+    "Gradient surgery for multi-task learning", NeurIPS 2020, Alg. 1).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+    """
+
+    paper = "Yu et al. Gradient surgery for multi-task learning. NeurIPS 2020, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().PCGrad()
+
+
+@register_balancer("cagrad")
+class CAGrad(GradientAggregation):
+    """CAGrad: conflict-averse gradient descent.
+
+    ``d = g_0 + (√φ / ‖g_w‖) g_w`` with ``g_0`` the mean gradient, ``φ = c² ‖g_0‖²`` and
+    ``w = argmin_{w ∈ Δ_m} g_wᵀ g_0 + √φ ‖g_w‖`` (Liu et al., "Conflict-averse gradient descent
+    for multi-task learning", NeurIPS 2021, Alg. 1). Uses torchjd's ``CAGrad`` (cvxpy solver:
+    ``pip install 'automtl[cagrad]'``).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+        c: Radius of the ball around the mean gradient, ``c ≥ 0`` (``c = 0``: the mean
+            gradient). Default 0.4 and searched in [0.1, 0.9]: the paper's range for ``c < 1``,
+            under which CAGrad converges to a stationary point of the mean loss (§3).
+    """
+
+    paper = "Liu, Liu, Jin, Stone, Liu. Conflict-averse gradient descent for multi-task learning. NeurIPS 2021, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(),
+        "c": HParam(default=0.4, low=0.1, high=0.9, doc="ball radius around the mean gradient; paper: c < 1"),
+    }
+    requires = ("cvxpy", "clarabel")
+    install_hint = "pip install 'automtl[cagrad]'"
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", c: float = 0.4) -> None:
+        if not c >= 0:
+            raise ValueError(f"CAGrad c must be >= 0, got {c}")
+        super().__init__(tasks, mode)
+        self.c = float(c)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().CAGrad(c=self.c)
+
+
+@register_balancer("nash_mtl")
+class NashMTL(GradientAggregation):
+    """Nash-MTL: the Nash bargaining solution among the task gradients.
+
+    ``d = Σ_t α_t g_t`` with ``α`` solving ``G α = 1/α`` (element-wise), found by a sequence
+    of convex programs (Navon et al., "Multi-task learning as a bargaining game", ICML 2022,
+    Alg. 1); the norm of ``d`` is clipped to 1 as in the official code. Uses torchjd's
+    ``NashMTL`` (cvxpy + ECOS: ``pip install 'automtl[nash]'``).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+        update_weights_every: Solve for ``α`` every this many steps and reuse it in between
+            (official code: 1). Searched in [1, 20]: solving less often is the paper's
+            speed/fidelity trade-off for its costly solver.
+    """
+
+    paper = "Navon et al. Multi-task learning as a bargaining game. ICML 2022, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(),
+        "update_weights_every": HParam(default=1, low=1, high=20, doc="steps between solves; official code: 1"),
+    }
+    requires = ("cvxpy", "ecos")
+    install_hint = "pip install 'automtl[nash]'"
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", update_weights_every: int = 1) -> None:
+        if int(update_weights_every) < 1:
+            raise ValueError(f"Nash-MTL update_weights_every must be >= 1, got {update_weights_every}")
+        super().__init__(tasks, mode)
+        self.update_weights_every = int(update_weights_every)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().NashMTL(n_tasks=n_tasks, update_weights_every=self.update_weights_every)
+
+
+@register_balancer("imtl_g")
+class IMTLG(GradientAggregation):
+    """IMTL-G: the direction with equal projections onto every task's unit gradient.
+
+    ``d = Σ_t α_t g_t`` such that ``d · u_t`` is the same for every ``t`` (``u_t = g_t/‖g_t‖``),
+    ``Σ α_t = 1`` (Liu et al., "Towards impartial multi-task learning", ICLR 2021, §3.2, eq. 8);
+    torchjd's generalisation also handles linearly dependent gradients.
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both; the paper itself applies
+            IMTL-G to the shared representation).
+    """
+
+    paper = "Liu et al. Towards impartial multi-task learning. ICLR 2021, §3.2 (IMTL-G)"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().IMTLG()
+
+
+@register_balancer("aligned_mtl")
+class AlignedMTL(GradientAggregation):
+    """Aligned-MTL: align the principal components of the task gradients.
+
+    With ``G = V Λ Vᵀ`` (rank ``r``), ``B = √σ V Λ^{-1/2} Vᵀ`` makes the transformed gradients
+    orthogonal with equal norms ``√σ``; ``d = (B w)ᵀ J`` with uniform ``w`` (Senushkin et al.,
+    "Independent component alignment for multi-task learning", CVPR 2023, Alg. 1).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+        scale_mode: ``σ``: the smallest eigenvalue (``"min"``, the paper's), the median, or the
+            mean (``"rmse"``), as in the official code. Searched: all three.
+    """
+
+    paper = "Senushkin et al. Independent component alignment for multi-task learning. CVPR 2023, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(),
+        "scale_mode": HParam(default="min", choices=("min", "median", "rmse"), doc="σ of the aligned gradients"),
+    }
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", scale_mode: str = "min") -> None:
+        if scale_mode not in ("min", "median", "rmse"):
+            raise ValueError(f"Aligned-MTL scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
+        super().__init__(tasks, mode)
+        self.scale_mode = scale_mode
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().AlignedMTL(scale_mode=self.scale_mode)
+
+
+@register_balancer("gradvac")
+class GradVac(GradientAggregation):
+    """Gradient Vaccine: raise each pair's gradient similarity towards its running average.
+
+    Like PCGrad, but with a target cosine ``φ̂_ij`` (an exponential moving average of the
+    observed ``φ_ij = cos(g_i, g_j)``, ``φ̂ ← (1−β) φ̂ + β φ``): when ``φ_ij < φ̂_ij``,
+    ``g_i ← g_i + w g_j`` with ``w`` chosen so that the cosine becomes ``φ̂_ij``; ``d = Σ g_i``
+    (Wang et al., "Gradient vaccine", ICLR 2021, Alg. 1, eq. 4).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+        beta: EMA rate ``β`` in ``(0, 1]``. Default 0.5 (torchjd, LibMTL); searched in
+            [0.01, 1] (log), from slow averaging to none.
+    """
+
+    paper = "Wang, Tsvetkov, Firat, Cao. Gradient vaccine. ICLR 2021, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(),
+        "beta": HParam(default=0.5, low=0.01, high=1.0, log=True, doc="EMA rate of the target similarity"),
+    }
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", beta: float = 0.5) -> None:
+        if not 0 < beta <= 1:
+            raise ValueError(f"GradVac beta must be in (0, 1], got {beta}")
+        super().__init__(tasks, mode)
+        self.beta = float(beta)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().GradVac(beta=self.beta)
+
+
+@register_balancer("dualproj")
+class DualProj(GradientAggregation):
+    """DualProj: the mean gradient projected onto the dual cone of the task gradients.
+
+    ``d = argmin_{x : J x ≥ 0} ‖x − ḡ‖²`` with ``ḡ`` the mean gradient (the projection of
+    Lopez-Paz and Ranzato, "Gradient episodic memory", NeurIPS 2017, eq. 11, applied to the
+    tasks' gradients; as in torchjd).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+    """
+
+    paper = "Lopez-Paz, Ranzato. Gradient episodic memory for continual learning. NeurIPS 2017, eq. 11"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+    requires = ("quadprog", "qpsolvers")
+    install_hint = _QUADPROG_HINT
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().DualProj()
+
+
+@register_balancer("graddrop")
+class GradDrop(GradientAggregation):
+    """GradDrop: keep, per coordinate, only the gradient entries of one sign.
+
+    Per coordinate, ``P = ½ (1 + Σ_i g_i / Σ_i |g_i|)`` (positive sign purity); with
+    ``U ~ U(0, 1)``, keep the positive entries if ``P > U`` and the negative ones otherwise;
+    ``d = Σ_i (ℓ + (1−ℓ) M_i) g_i`` (Chen et al., "Just pick a sign", NeurIPS 2020, Alg. 1).
+    The paper applies it to the shared activations, which is ``mode="representation"``.
+
+    Args:
+        tasks: Every task name.
+        mode: ``"representation"`` (the paper's) or ``"full"``; searched: both.
+        leak: ``ℓ`` in [0, 1], the share of each gradient that always passes (paper: 0 for
+            plain multi-task learning). Searched in [0, 1].
+    """
+
+    paper = "Chen et al. Just pick a sign: optimizing deep multitask models with gradient sign dropout. NeurIPS 2020, Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(("representation", "full")),
+        "leak": HParam(default=0.0, low=0.0, high=1.0, doc="share of each gradient that always passes; paper: 0"),
+    }
+
+    def __init__(self, tasks: Sequence[str], mode: str = "representation", leak: float = 0.0) -> None:
+        if not 0 <= leak <= 1:
+            raise ValueError(f"GradDrop leak must be in [0, 1], got {leak}")
+        super().__init__(tasks, mode)
+        self.leak = float(leak)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        import torch
+
+        leak = None if self.leak == 0 else torch.full((n_tasks,), self.leak)
+        return torchjd_aggregation().GradDrop(leak=leak)
+
+
+@register_balancer("config")
+class ConFIG(GradientAggregation):
+    """ConFIG: the conflict-free direction with equal cosine to every task gradient.
+
+    ``d = (Σ_i g_i · u) u`` with ``u = ũ/‖ũ‖``, ``ũ = U⁺ 1`` the pseudo-inverse of the unit
+    gradients' matrix ``U`` applied to ones (Liu et al., "ConFIG: towards conflict-free training
+    of physics informed neural networks", ICLR 2025, eq. 2).
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+    """
+
+    paper = "Liu, Chu, Thuerey. ConFIG: towards conflict-free training of physics informed neural networks. ICLR 2025, eq. 2"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().ConFIG()
+
+
+@register_balancer("fairgrad")
+class FairGrad(GradientAggregation):
+    """FairGrad: α-fair allocation of the loss decrease among tasks.
+
+    ``d = Σ_t w_t g_t`` with ``w`` solving ``G w = w^{−1/α}`` (element-wise; Ban and Ji, "Fair
+    resource allocation in multi-task learning", ICML 2024, eq. 4), solved by least squares
+    (scipy). ``α → 0`` approaches the mean gradient, ``α = 1`` proportional fairness
+    (Nash-MTL's), ``α → ∞`` max-min fairness.
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` or ``"representation"`` (searched: both).
+        alpha: ``α > 0``. Default 1; searched in [0.1, 10] (log), around the paper's values.
+    """
+
+    paper = "Ban, Ji. Fair resource allocation in multi-task learning. ICML 2024, eq. 4"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(),
+        "alpha": HParam(default=1.0, low=0.1, high=10.0, log=True, doc="fairness degree α"),
+    }
+    requires = ("scipy",)
+    install_hint = "pip install scipy"
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", alpha: float = 1.0) -> None:
+        if not alpha > 0:
+            raise ValueError(f"FairGrad alpha must be > 0, got {alpha}")
+        super().__init__(tasks, mode)
+        self.alpha = float(alpha)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().FairGrad(alpha=self.alpha)
+
+
+@register_balancer("excess_mtl")
+class ExcessMTL(GradientAggregation):
+    """ExcessMTL: weight tasks by their estimated excess risk.
+
+    Per task, ``E_t ≈ g_tᵀ H_t^{-1} g_t`` with an AdaGrad-style diagonal ``H_t`` (eqs. 6-7),
+    normalised by its first value; ``w ← softmax(log w + η E)`` (exponentiated gradient, eq. 9);
+    ``d = wᵀ J`` (He et al., "Robust multi-task learning with excess risks", ICML 2024).
+    Full mode only: its state is per parameter coordinate, which a representation (per
+    sample) does not keep from batch to batch.
+
+    Args:
+        tasks: Every task name.
+        mode: ``"full"`` only.
+        robust_step_size: ``η > 0``. Default 1 (official code); searched in [0.01, 10] (log).
+    """
+
+    paper = "He, Zhang, Zhao, Kolar. Robust multi-task learning with excess risks. ICML 2024, eq. 9"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "mode": _mode_hparam(("full",)),
+        "robust_step_size": HParam(default=1.0, low=0.01, high=10.0, log=True, doc="η of the weight update"),
+    }
+    column_state = True
+
+    def __init__(self, tasks: Sequence[str], mode: str = "full", robust_step_size: float = 1.0) -> None:
+        if not robust_step_size > 0:
+            raise ValueError(f"ExcessMTL robust_step_size must be > 0, got {robust_step_size}")
+        super().__init__(tasks, mode)
+        self.robust_step_size = float(robust_step_size)
+
+    def make_aggregator(self, n_tasks: int) -> Aggregator:
+        return torchjd_aggregation().ExcessMTL(robust_step_size=self.robust_step_size)

@@ -1,0 +1,189 @@
+"""GradNorm (Chen et al., ICML 2018): learn task weights that equalise training rates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from automtl.balance._base import Balancer, HParam, StepContext, register_balancer
+from automtl.balance._optim import ScalarAdam
+from automtl.balance._rows import RowCapture
+from automtl.balance._tree import features_by_key, leaf_groups
+from automtl.build import ParamGroup
+
+__all__ = ["GradNorm"]
+
+
+@register_balancer("gradnorm")
+class GradNorm(Balancer):
+    """GradNorm: task weights that pull every task's gradient norm towards a common target.
+
+    Per step, with learned weights ``w_t`` (``Σ_t w_t = T``, the number of tasks) and the
+    network loss ``L = Σ_t w_t L_t`` (Chen et al., ICML 2018, §3):
+
+    * ``G_t = ‖∇_W w_t L_t‖ = w_t ‖∇_W L_t‖`` — the weighted gradient norm on a chosen set of
+      weights ``W``; ``Ḡ`` is its mean over tasks;
+    * ``L̃_t = L_t / L_t(0)`` (loss ratio to the task's first recorded loss) and the relative
+      inverse training rate ``r_t = L̃_t / mean_i L̃_i``;
+    * ``L_grad = Σ_t |G_t − Ḡ · r_t^α|`` (eq. 2), the target ``Ḡ · r_t^α`` held constant, so
+      ``∂L_grad/∂w_t = sign(G_t − Ḡ r_t^α) · ‖∇_W L_t‖``;
+    * ``w`` takes one step of its own Adam on ``∂L_grad/∂w`` (Alg. 1), then is renormalised to
+      ``Σ_t w_t = T`` (kept ``> 0``).
+
+    ``W`` (the ``mode`` hyperparameter): ``"full"`` — the parameters of each task's last
+    backbone block (the block feeding its head): under hard parameter sharing this is the
+    paper's choice, "the last shared layer"; in a branched tree every task's ``W`` is a copy
+    of the same block, so the norms stay comparable. ``"representation"`` — the output of that
+    block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost: in
+    ``"full"``, one extra backward pass per task through its head and last block; in
+    ``"representation"``, none where each head reads the block's output alone (the per-task
+    gradients are captured during the network's own backward pass), else one per task through
+    its head.
+
+    Only tasks labelled in the batch take part in a step (their ``Ḡ``, ``r`` and update); with
+    a single labelled task the weights do not move.
+
+    Args:
+        tasks: Every task name.
+        alpha: ``α ≥ 0``, the strength of the restoring force towards equal training rates
+            (``α = 0``: equal gradient norms). The paper's experiments use 0.12 to 1.5 and its
+            sweep covers [0, 3]; default 1.5 (its NYUv2 value), searched in [0, 3].
+        lr: Step size of the weights' own Adam, so that their speed does not depend on the
+            network's learning rate. Default 0.025, searched in [0.001, 0.1] (log).
+        mode: ``"full"`` or ``"representation"`` (see above; searched: both).
+
+    Raises:
+        ValueError: ``alpha < 0``, ``lr <= 0`` or an unknown mode.
+    """
+
+    paper = "Chen, Badrinarayanan, Lee, Rabinovich. GradNorm. ICML 2018, eq. 2 and Alg. 1"
+    hyperparameters: ClassVar[Mapping[str, HParam]] = {
+        "alpha": HParam(default=1.5, low=0.0, high=3.0, doc="restoring force α; paper: 0.12-1.5, swept over [0, 3]"),
+        "lr": HParam(default=0.025, low=1e-3, high=0.1, log=True, doc="step size of the weights' Adam"),
+        "mode": HParam(
+            default="full",
+            choices=("full", "representation"),
+            doc="'full': W = last block's parameters (paper); 'representation': its output (cheaper)",
+        ),
+    }
+
+    def __init__(self, tasks: Sequence[str], alpha: float = 1.5, lr: float = 0.025, mode: str = "full") -> None:
+        super().__init__(tasks)
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ValueError(f"GradNorm alpha must be finite and >= 0, got {alpha}")
+        if not lr > 0:
+            raise ValueError(f"GradNorm lr must be > 0, got {lr}")
+        if mode not in ("full", "representation"):
+            raise ValueError(f"GradNorm mode must be 'full' or 'representation', got {mode!r}")
+        self.alpha, self.lr, self.mode = float(alpha), float(lr), mode
+        n = len(self.tasks)
+        self._index = {t: i for i, t in enumerate(self.tasks)}
+        self._weights = [1.0] * n
+        self._initial: list[float | None] = [None] * n
+        self._adam = ScalarAdam(n, lr=self.lr)
+        self._leaf_cache: tuple[int, dict[str, ParamGroup]] | None = None
+
+    @property
+    def task_weights(self) -> torch.Tensor:
+        """The current weight of every task, ``[T]`` (sums to ``T``)."""
+        return torch.tensor(self._weights)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"weights": list(self._weights), "initial": list(self._initial), "adam": self._adam.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._weights, self._initial = list(state["weights"]), list(state["initial"])
+        self._adam.load(state["adam"])
+
+    def _leaves(self, ctx: StepContext) -> dict[str, ParamGroup]:
+        key = id(ctx.param_groups)
+        if self._leaf_cache is None or self._leaf_cache[0] != key:
+            self._leaf_cache = (key, leaf_groups(ctx.param_groups, self.tasks))
+        return self._leaf_cache[1]
+
+    def _representations(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        leaves = self._leaves(ctx)
+        features = features_by_key(ctx.extra.get("features"))
+        missing = [leaves[t].key for t in losses if leaves[t].key not in features]
+        if missing:
+            raise ValueError(
+                f"GradNorm(mode='representation') needs the outputs of nodes {missing} in "
+                "ctx.extra['features'], as automtl.train.fit passes them; use mode='full' otherwise"
+            )
+        return {t: features[leaves[t].key] for t in losses}
+
+    def gradient_norms(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        """``‖∇_W L_t‖`` for each task of ``losses`` (in order), ``[k]``, detached; one backward
+        pass per task (its graph is retained)."""
+        if self.mode == "representation":
+            reps = self._representations(losses, ctx)
+            inputs_of = {t: [reps[t]] for t in losses}
+        else:
+            leaves = self._leaves(ctx)
+            inputs_of = {t: list(leaves[t].params) for t in losses}
+            empty = [leaves[t].key for t in losses if not inputs_of[t]]
+            if empty:
+                raise ValueError(f"GradNorm(mode='full'): blocks {empty} have no parameters")
+        norms = []
+        for t, loss in losses.items():
+            grads = torch.autograd.grad(loss, inputs_of[t], retain_graph=True, allow_unused=True)
+            squares = [(g.detach().float() ** 2).sum() for g in grads if g is not None]
+            norms.append(torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(()))
+        return torch.stack(norms)
+
+    def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        if not losses:
+            return {}
+        idx = [self._index[t] for t in losses]
+        w = [self._weights[i] for i in idx]
+        stacked = torch.stack(list(losses.values()))
+        total = torch.tensor(w, dtype=stacked.dtype, device=stacked.device) @ stacked
+        norms: list[float] | None = None
+        capture = None
+        if len(losses) > 1 and self.mode == "representation":
+            # The heads' gradients of their inputs are captured during the network's own
+            # backward pass when each head reads its input alone (then no extra pass at all).
+            capture = RowCapture.create(losses, self._representations(losses, ctx))
+        if capture is not None:
+            with capture:
+                total.backward()
+            zero = stacked.new_zeros(())
+            weighted = torch.stack([torch.linalg.vector_norm(capture.rows[t].detach()) if t in capture.rows else zero for t in losses])
+            norms = [g / wt for g, wt in zip(weighted.tolist(), w)]
+        else:
+            if len(losses) > 1:
+                norms = self.gradient_norms(losses, ctx).tolist()
+            total.backward()
+        self._update(idx, w, stacked.detach().tolist(), norms)
+        return dict(zip(losses, w))
+
+    def _update(self, idx: list[int], w: list[float], loss: list[float], norms: list[float] | None) -> None:
+        init: list[float] = []
+        for i, value in zip(idx, loss):
+            first = self._initial[i]
+            if first is None:
+                first = self._initial[i] = value
+            init.append(first)
+        if norms is None:
+            return
+        ratios = [value / max(first, 1e-12) for value, first in zip(loss, init)]
+        _, grad = self.weight_gradient(w, norms, ratios)
+        self._adam.step(self._weights, dict(zip(idx, grad)))
+        self._weights = [max(v, 1e-3) for v in self._weights]
+        scale = len(self._weights) / sum(self._weights)
+        self._weights = [v * scale for v in self._weights]
+
+    def weight_gradient(
+        self, w: Sequence[float], norms: Sequence[float], loss_ratios: Sequence[float]
+    ) -> tuple[list[float], list[float]]:
+        """The targets ``Ḡ r_t^α`` and ``∂L_grad/∂w_t``, for weights ``w``, norms ``‖∇_W L_t‖``
+        and loss ratios ``L̃_t`` (one entry per task)."""
+        weighted = [float(a) * float(g) for a, g in zip(w, norms)]
+        mean_ratio = max(sum(float(r) for r in loss_ratios) / len(loss_ratios), 1e-12)
+        mean_g = sum(weighted) / len(weighted)
+        target = [mean_g * (float(r) / mean_ratio) ** self.alpha for r in loss_ratios]
+        grad = [math.copysign(1.0, gw - tg) * float(g) if gw != tg else 0.0 for gw, tg, g in zip(weighted, target, norms)]
+        return target, grad

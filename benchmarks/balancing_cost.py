@@ -1,0 +1,303 @@
+"""Time per training step of every registered balancer, relative to equal weighting.
+
+Measures, in one run, one full training step (forward pass, masked task losses,
+``balancer.backward``, optimizer step: the body of :func:`automtl.train.fit`'s loop) for every
+registered balancer, and for a gradient-aggregation balancer in each of its modes
+(``representation``, the cheap mode, and ``full``). Two networks:
+
+* ``quickstart CNN``: ``search_spaces/quickstart.yaml``'s ``small_cnn`` (channels 8/16/32,
+  hidden 32) on ``fashion_scenes`` (11 tasks, 20% of labels hidden), batch 64;
+* ``STAR MLP``: the ``mlp`` backbone with its default widths (256/128/64) on ``star``
+  (8 regression tasks, about half of each unlabelled), batch 128;
+
+each as a hard-parameter-sharing tree (``hps``) and as a branched tree (``branched``: two
+groups leave the trunk after block 0, and every third task leaves its group before the last
+block). Steps are interleaved (one step of every configuration, then the next round), so
+load from other processes hits all configurations alike; the table reports the median over
+the timed rounds and the ratio of that median to equal weighting's on the same network.
+
+Usage::
+
+    python benchmarks/balancing_cost.py                  # print the table
+    python benchmarks/balancing_cost.py --write          # also update benchmarks/RESULTS.md
+    python benchmarks/balancing_cost.py --rounds 5 --only equal,upgrad   # a quick look
+
+Goals (issue 3): loss weighting within 1.10x of equal weighting; gradient aggregation within
+2x in the representation mode; the full mode measured and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import automtl
+from automtl.backbones import create_backbone
+from automtl.balance import BALANCERS, StepContext, create_balancer
+from automtl.build import BranchedNet
+from automtl.train import task_losses
+from automtl.tree import BranchTree
+
+SECTION = "## Balancing cost"
+NOTES = """Reading the table:
+
+- The CPU is shared with other jobs: ratios move by about +-0.05 between runs, most on the STAR MLP,
+  whose ~4 ms step makes a fixed 0.2 ms of per-step bookkeeping show as 1.05x.
+- `representation` mode under `hps` costs one backward pass in all (each task's gradient of the
+  shared representation is captured from its head during that pass); the rest of its cost is the
+  aggregator's own computation. In the `branched` tree, each
+  task needs its own backward pass through its group's blocks down to the trunk's output, and the
+  trunk's representation is large (a 8x14x14 feature map per sample for the CNN): 1.7-2.9x there.
+- Nash-MTL, CAGrad and FairGrad spend their time in their solvers (cvxpy/ECOS, cvxpy/Clarabel,
+  scipy), per shared segment and step: Nash-MTL's `update_weights_every` (searched in [1, 20])
+  amortises its solve.
+- `full` mode needs one backward pass per task through all shared parameters (3-5x; more with a
+  solver)."""
+
+
+@dataclass
+class Setup:
+    name: str
+    data: str
+    data_options: dict[str, Any]
+    backbone: str
+    backbone_options: dict[str, Any]
+    batch_size: int
+
+
+SETUPS = [
+    Setup(
+        "quickstart CNN",
+        "fashion_scenes",
+        {"n_train": 3000, "n_val": 200, "n_test": 200, "missing_label_fraction": 0.2, "seed": 0},
+        "small_cnn",
+        {"channels": [8, 16, 32], "hidden": 32},
+        64,
+    ),
+    Setup("STAR MLP", "star", {"seed": 0}, "mlp", {}, 128),
+]
+
+
+@dataclass
+class Config:
+    setup: str
+    tree: str
+    balancer: str
+    mode: str
+    family: str
+    net: BranchedNet
+    bal: Any
+    optimizer: torch.optim.Optimizer
+    times: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+def trees(tasks: list[str], n_blocks: int) -> dict[str, BranchTree]:
+    group_of = {t: i % 2 for i, t in enumerate(tasks)}
+    task_split = {t: (n_blocks - 1 if i % 3 == 0 else n_blocks) for i, t in enumerate(tasks)}
+    branched = BranchTree.from_branch_points(tasks, n_blocks, group_of, {0: 1, 1: 1}, task_split)
+    return {"hps": BranchTree.hard_sharing(tasks, n_blocks), "branched": branched}
+
+
+def variants(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for name in names:
+        cls = BALANCERS.get(name)
+        hp = cls.hyperparameters.get("mode")
+        if hp is not None and hp.choices:
+            order = [m for m in ("representation", "full") if m in hp.choices]
+            out += [(name, m, {"mode": m}) for m in order]
+        else:
+            out.append((name, "-", {}))
+    return out
+
+
+def step(cfg: Config, batch: Any, index: int) -> float:
+    net, bal, opt = cfg.net, cfg.bal, cfg.optimizer
+    start = time.perf_counter()
+    features = net.features(batch.x)
+    losses = task_losses(net, batch, net.heads_forward(features))
+    opt.zero_grad(set_to_none=True)
+    bal.backward(losses, StepContext(cfg_groups[id(net)], epoch=0, step=index, extra={"features": features}))
+    opt.step()
+    return time.perf_counter() - start
+
+
+cfg_groups: dict[int, Any] = {}
+
+
+def build(setups: list[Setup], only: set[str] | None, tree_names: set[str]) -> tuple[list[Config], dict[str, list[Any]]]:
+    configs: list[Config] = []
+    batches: dict[str, list[Any]] = {}
+    names = [n for n in BALANCERS.list() if only is None or n in only]
+    if "equal" not in names:
+        names.insert(0, "equal")
+    for setup in setups:
+        data = automtl.load_dataset(setup.data, setup.data_options)
+        backbone = create_backbone(setup.backbone, data.input_shape, **setup.backbone_options)
+        gen = torch.Generator().manual_seed(0)
+        batches[setup.name] = [b for _, b in zip(range(8), data.train.batches(setup.batch_size, shuffle=True, generator=gen))]
+        for tree_name, tree in trees(data.task_names, backbone.n_blocks).items():
+            if tree_name not in tree_names:
+                continue
+            torch.manual_seed(0)
+            base = BranchedNet(tree, backbone, data.tasks)
+            for name, mode, kwargs in variants(names):
+                net = copy.deepcopy(base)
+                cfg_groups[id(net)] = net.param_groups()
+                try:
+                    bal = create_balancer(name, data.task_names, **kwargs)
+                except ImportError as exc:
+                    configs.append(Config(setup.name, tree_name, name, mode, "", net, None, None, error=str(exc)))  # type: ignore[arg-type]
+                    continue
+                opt = torch.optim.AdamW(list(net.parameters()) + list(bal.parameters()), lr=1e-3, weight_decay=1e-4)
+                configs.append(Config(setup.name, tree_name, name, mode, bal.family, net, bal, opt))
+    return configs, batches
+
+
+def run(configs: list[Config], batches: dict[str, list[Any]], rounds: int, warmup: int) -> None:
+    for r in range(warmup + rounds):
+        for cfg in configs:
+            if cfg.bal is None:
+                continue
+            bs = batches[cfg.setup]
+            seconds = step(cfg, bs[r % len(bs)], r)
+            if r >= warmup:
+                cfg.times.append(seconds)
+        print(f"round {r + 1}/{warmup + rounds}", file=sys.stderr, flush=True)
+
+
+def table(configs: list[Config]) -> str:
+    base: dict[tuple[str, str], float] = {}
+    for cfg in configs:
+        if cfg.balancer == "equal" and cfg.times:
+            base[(cfg.setup, cfg.tree)] = statistics.median(cfg.times)
+    columns = sorted({(c.setup, c.tree) for c in configs}, key=lambda k: ([s.name for s in SETUPS].index(k[0]), k[1] != "hps"))
+    rows: dict[tuple[str, str, str], dict[tuple[str, str], str]] = {}
+    for cfg in configs:
+        key = (cfg.family or "?", cfg.balancer, cfg.mode)
+        if cfg.error:
+            cell = "not installed"
+        else:
+            med = statistics.median(cfg.times) * 1e3
+            cell = f"{med:.1f} ms ({med / 1e3 / base[(cfg.setup, cfg.tree)]:.2f}x)"
+        rows.setdefault(key, {})[(cfg.setup, cfg.tree)] = cell
+    header = "| family | balancer | mode | " + " | ".join(f"{s} ({t})" for s, t in columns) + " |"
+    lines = [header, "|" + "---|" * (3 + len(columns))]
+    order = {"loss_weighting": 0, "gradient_aggregation": 1}
+    for (family, name, mode), cells in sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 2), kv[0][1], kv[0][2] != "representation")):
+        lines.append(f"| {family} | {name} | {mode} | " + " | ".join(cells.get(c, "") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def goals(configs: list[Config]) -> list[str]:
+    base = {(c.setup, c.tree): statistics.median(c.times) for c in configs if c.balancer == "equal" and c.times}
+    missed = []
+    for cfg in configs:
+        if cfg.error or not cfg.times or cfg.balancer == "equal":
+            continue
+        ratio = statistics.median(cfg.times) / base[(cfg.setup, cfg.tree)]
+        if cfg.family == "loss_weighting" and ratio > 1.10:
+            missed.append(f"{cfg.balancer} ({cfg.mode}) {cfg.setup} {cfg.tree}: {ratio:.2f}x > 1.10x")
+        if cfg.family == "gradient_aggregation" and cfg.mode == "representation" and ratio > 2.0:
+            missed.append(f"{cfg.balancer} (representation) {cfg.setup} {cfg.tree}: {ratio:.2f}x > 2x")
+    return missed
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), Python {platform.python_version()}"
+
+
+def write_section(text: str, path: Path) -> None:
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("\n" + old[nxt + 1 :] if nxt >= 0 else "\n")
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=25, help="timed steps per configuration (median taken)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
+    parser.add_argument("--only", default="", help="comma-separated balancer names (equal is always included)")
+    parser.add_argument("--setups", default="quickstart CNN,STAR MLP", help="comma-separated setup names")
+    parser.add_argument("--trees", default="hps,branched", help="comma-separated tree names")
+    parser.add_argument("--write", action="store_true", help="update the section in benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", module="cvxpy")
+    warnings.filterwarnings("ignore", message=".*DPP.*")
+    warnings.filterwarnings("ignore", message="Solution may be inaccurate.*")
+    only = {s for s in args.only.split(",") if s} or None
+    setups = [s for s in SETUPS if s.name in set(args.setups.split(","))]
+    started = time.time()
+    configs, batches = build(setups, only, set(args.trees.split(",")))
+    run(configs, batches, args.rounds, args.warmup)
+    command = "python benchmarks/balancing_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    missed = goals(configs)
+    text = "\n".join(
+        [
+            SECTION,
+            "",
+            (
+                f"Time per training step (forward, losses, `balancer.backward`, AdamW step; median of {args.rounds} "
+                f"interleaved steps after {args.warmup} warm-up steps; lower is better) and its ratio to equal "
+                "weighting on the same network and tree."
+            ),
+            "",
+            f"- command: `{command.strip()}`",
+            f"- machine: {machine()}; CPU only",
+            f"- date: {datetime.date.today().isoformat()}; run time {time.time() - started:.0f} s",
+            (
+                "- networks: quickstart CNN = `small_cnn` (8/16/32 channels, hidden 32) on `fashion_scenes`, 11 "
+                "tasks, batch 64; STAR MLP = `mlp` (256/128/64) on `star`, 8 tasks, batch 128. `hps`: hard "
+                "parameter sharing; `branched`: two task groups leave the trunk after block 0, every third task "
+                "leaves its group before the last block."
+            ),
+            "- goals: loss weighting <= 1.10x; gradient aggregation <= 2x in `representation` mode; `full` reported.",
+            "",
+            table(configs),
+            "",
+            "Goals missed in this run: " + ("none." if not missed else ""),
+            *[f"- {m}" for m in missed],
+            "",
+            NOTES,
+        ]
+    )
+    print(text)
+    if args.write:
+        write_section(text, ROOT / "benchmarks" / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Each loss-weighting method against its paper's update rule, on hand-checked cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from automtl.balance import (
+    DWA,
+    FAMO,
+    GLS,
+    IMTLL,
+    RLW,
+    FixedWeighting,
+    GradNorm,
+    ScaleInvariant,
+    StepContext,
+    UncertaintyWeighting,
+    create_balancer,
+)
+
+from .conftest import HPS, TASKS, make_batch, make_net, step
+
+positive = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+def _losses(values: dict[str, float]) -> dict[str, torch.Tensor]:
+    return {t: torch.tensor(v, requires_grad=True) for t, v in values.items()}
+
+
+# ----------------------------------------------------------------------------- uncertainty
+def test_uncertainty_optimum_sigma2_equals_the_task_loss() -> None:
+    """Kendall et al. 2018, eq. 7: for fixed L_t, ½e^{-s}L + ½s is minimal at σ² = e^s = L."""
+    bal = UncertaintyWeighting(["a", "b"])
+    losses = {"a": torch.tensor(0.3), "b": torch.tensor(4.0)}
+    opt = torch.optim.Adam(bal.parameters(), lr=0.05)
+    for _ in range(1500):
+        opt.zero_grad()
+        bal.combine(losses)[0].backward()
+        opt.step()
+    torch.testing.assert_close(torch.exp(bal.log_vars.detach()), torch.tensor([0.3, 4.0]), rtol=1e-3, atol=1e-4)
+    weights = bal.combine(losses)[1]
+    assert weights["a"] == pytest.approx(0.5 / 0.3, rel=1e-3)
+
+
+def test_imtl_l_optimum_makes_every_scaled_loss_one() -> None:
+    """Liu et al. 2021 (IMTL-L): e^s L − s is minimal at e^s = 1/L."""
+    bal = IMTLL(["a", "b"])
+    losses = {"a": torch.tensor(0.25), "b": torch.tensor(8.0)}
+    with torch.no_grad():
+        bal.log_scales.copy_(-torch.log(torch.tensor([0.25, 8.0])))
+    total, weights = bal.combine(losses)
+    (grad,) = torch.autograd.grad(total, bal.log_scales)
+    torch.testing.assert_close(grad, torch.zeros(2), atol=1e-6, rtol=0)
+    assert weights == pytest.approx({"a": 4.0, "b": 0.125})
+
+
+# ----------------------------------------------------------------------------- DWA
+def test_dwa_hand_checked() -> None:
+    bal = DWA(["a", "b"], temperature=2.0)
+    bal.on_epoch_end(0, {"a": 1.0, "b": 1.0})
+    assert bal.current == {"a": 1.0, "b": 1.0}
+    bal.on_epoch_end(1, {"a": 0.5, "b": 1.0})
+    ea, eb = math.exp(0.5 / 2), math.exp(1.0 / 2)
+    assert bal.current["a"] == pytest.approx(2 * ea / (ea + eb))
+    assert bal.current["b"] == pytest.approx(2 * eb / (ea + eb))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(positive, positive, positive), min_size=2, max_size=4), st.floats(0.5, 5.0))
+def test_dwa_weights_sum_to_the_number_of_tasks(history, temperature) -> None:
+    bal = DWA(list(TASKS), temperature=temperature)
+    for e, values in enumerate(history):
+        bal.on_epoch_end(e, dict(zip(TASKS, values)))
+    assert sum(bal.current.values()) == pytest.approx(len(TASKS))
+    assert all(math.isfinite(w) and w >= 0 for w in bal.current.values())
+
+
+# ----------------------------------------------------------------------------- GradNorm
+def test_gradnorm_hand_checked_gradient() -> None:
+    """Chen et al. 2018, eq. 2: ∂L_grad/∂w_t = sign(G_t − Ḡ r_t^α) ‖∇_W L_t‖."""
+    bal = GradNorm(["a", "b"], alpha=1.0)
+    target, grad = bal.weight_gradient([1.0, 1.0], [1.0, 3.0], [1.0, 1.0])
+    assert target == pytest.approx([2.0, 2.0]) and grad == pytest.approx([-1.0, 3.0])
+    # a task that trains slower (higher loss ratio) gets a higher target
+    target, _ = bal.weight_gradient([1.0, 1.0], [2.0, 2.0], [1.5, 0.5])
+    assert target == pytest.approx([3.0, 1.0])
+
+
+@pytest.mark.parametrize("mode", ["full", "representation"])
+def test_gradnorm_moves_gradient_norms_towards_their_targets(mode: str) -> None:
+    net = make_net(HPS)
+    bal = GradNorm(list(TASKS), alpha=1.5, lr=0.02, mode=mode)
+    batch = make_batch()
+    features = net.features(batch.x)
+    from automtl.train import task_losses
+
+    losses = task_losses(net, batch, net.heads_forward(features))
+    ctx = StepContext(net.param_groups(), extra={"features": features})
+    norms = bal.gradient_norms(losses, ctx)
+    ratios = [1.0, 1.0, 1.0]  # first step: every loss ratio is 1
+    w0 = bal.task_weights.clone()
+    gap0 = (torch.tensor(bal.weight_gradient(w0.tolist(), norms.tolist(), ratios)[0]) - w0 * norms).abs()
+    weights, _ = step(net, bal, batch)
+    assert weights == pytest.approx(dict(zip(TASKS, w0.tolist())))
+    w1 = bal.task_weights.clone()
+    assert float(w1.sum()) == pytest.approx(3.0) and bool((w1 > 0).all())
+    gap1 = (torch.tensor(bal.weight_gradient(w1.tolist(), norms.tolist(), ratios)[0]) - w1 * norms).abs()
+    assert float(gap1.sum()) < float(gap0.sum())
+    big, small = int(norms.argmax()), int(norms.argmin())
+    assert w1[big] < w0[big] and w1[small] > w0[small]
+
+
+# ----------------------------------------------------------------------------- FAMO
+def test_famo_weights_are_c_z_over_l_and_sum_to_one() -> None:
+    bal = FAMO(["a", "b", "c"])
+    losses = _losses({"a": 0.5, "b": 2.0, "c": 1.0})
+    weights = bal.backward(losses, StepContext([]))
+    inv = {t: 1 / float(v.detach()) for t, v in losses.items()}
+    assert weights == pytest.approx({t: inv[t] / sum(inv.values()) for t in inv})
+    for t, loss in losses.items():
+        assert float(loss.grad) == pytest.approx(weights[t])
+
+
+def test_famo_logits_follow_the_log_loss_decrease() -> None:
+    """Liu et al. 2023, Alg. 1: δ = log L_prev − log L; the task whose loss fell faster loses
+    weight. Adam's first step is lr·sign(grad), with grad = z ⊙ (δ − zᵀδ)."""
+    bal = FAMO(["a", "b"], lr=0.025, gamma=0.0)
+    bal.backward(_losses({"a": 1.0, "b": 1.0}), StepContext([]))
+    assert torch.equal(bal.logits, torch.zeros(2))
+    weights = bal.backward(_losses({"a": 0.5, "b": 1.0}), StepContext([]))
+    torch.testing.assert_close(bal.logits, torch.tensor([-0.025, 0.025]))
+    z = torch.softmax(bal.logits, 0)
+    want = z / torch.tensor([0.5, 1.0])
+    want = want / want.sum()
+    assert weights == pytest.approx({"a": float(want[0]), "b": float(want[1])}, rel=1e-5)
+
+
+def test_famo_masked_task_keeps_its_logit() -> None:
+    bal = FAMO(["a", "b", "c"])
+    bal.backward(_losses({"a": 1.0, "b": 1.0, "c": 1.0}), StepContext([]))
+    bal.backward(_losses({"a": 0.5, "b": 1.0}), StepContext([]))
+    assert float(bal.logits[2]) == 0.0 and float(bal.logits[0]) < 0
+
+
+# ----------------------------------------------------------------------------- GLS, SI, RLW, fixed
+def test_gls_is_the_geometric_mean_and_weights_its_gradient() -> None:
+    losses = _losses({"a": 2.0, "b": 8.0})
+    total, weights = GLS(["a", "b"]).combine(losses)
+    assert float(total.detach()) == pytest.approx(4.0)
+    total.backward()
+    assert weights == pytest.approx({"a": 4.0 / (2 * 2.0), "b": 4.0 / (2 * 8.0)})
+    assert float(losses["a"].grad) == pytest.approx(weights["a"])
+
+
+@pytest.mark.parametrize("cls", [ScaleInvariant, GLS])
+def test_gradient_direction_ignores_the_scale_of_a_loss(cls) -> None:
+    """Σ log L_t (and the geometric mean) give the same direction when one loss is rescaled."""
+    theta = torch.tensor([0.3, -1.2, 0.7], requires_grad=True)
+    u, v = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, -1.0, 3.0])
+
+    def direction(scale: float) -> torch.Tensor:
+        losses = {"a": (theta @ u) ** 2 + 1, "b": scale * ((theta @ v) ** 2 + 1)}
+        (g,) = torch.autograd.grad(cls(["a", "b"]).combine(losses)[0], theta)
+        return g / g.norm()
+
+    torch.testing.assert_close(direction(1.0), direction(100.0))
+    total, weights = ScaleInvariant(["a"]).combine(_losses({"a": 4.0}))
+    assert weights == {"a": 0.25} and float(total.detach()) == pytest.approx(math.log(4.0))
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform", "dirichlet"])
+def test_rlw_weights_lie_on_the_simplex_and_are_fresh(distribution: str) -> None:
+    bal = RLW(list(TASKS), distribution=distribution)
+    torch.manual_seed(0)
+    w1 = bal.combine(_losses({"a": 1.0, "b": 1.0, "c": 1.0}))[1]
+    w2 = bal.combine(_losses({"a": 1.0, "b": 1.0, "c": 1.0}))[1]
+    assert sum(w1.values()) == pytest.approx(1.0) and all(v > 0 for v in w1.values())
+    assert w1 != w2
+    torch.manual_seed(0)
+    assert bal.combine(_losses({"a": 1.0, "b": 1.0, "c": 1.0}))[1] == w1
+
+
+def test_fixed_weights() -> None:
+    bal = FixedWeighting(["a", "b"], weights={"a": 3.0})
+    total, weights = bal.combine(_losses({"a": 1.0, "b": 2.0}))
+    assert float(total.detach()) == 5.0 and weights == {"a": 3.0, "b": 1.0}
+    assert create_balancer("fixed", ["a", "b"]).weights == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError):
+        FixedWeighting(["a"], weights={"z": 1.0})
+    with pytest.raises(ValueError):
+        FixedWeighting(["a"], weights={"a": -1.0})
+
+
+# ----------------------------------------------------------------------------- properties
+ORDER_INVARIANT = ["equal", "fixed", "uncertainty", "dwa", "famo", "gls", "scale_invariant", "imtl_l", "gradnorm"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.tuples(positive, positive, positive), perm=st.permutations(list(TASKS)))
+@pytest.mark.parametrize("name", ORDER_INVARIANT)
+def test_loss_weights_are_finite_and_invariant_to_task_order(name: str, values, perm) -> None:
+    def run(order):
+        bal = create_balancer(name, list(TASKS))
+        out = []
+        for scale in (1.0, 0.5):
+            losses = {t: torch.tensor(values[TASKS.index(t)] * scale, requires_grad=True) for t in order}
+            if name == "gradnorm":
+                losses = {t: v * 1.0 for t, v in losses.items()}
+                out.append(_gradnorm_step(bal, losses))
+            else:
+                out.append(bal.backward(losses, StepContext([])))
+            bal.on_epoch_end(0, {t: float(v.detach()) for t, v in losses.items()})
+        return out
+
+    a, b = run(list(TASKS)), run(list(perm))
+    for wa, wb in zip(a, b):
+        assert all(math.isfinite(v) for v in wa.values())
+        assert wa == pytest.approx(wb, rel=1e-5)
+
+
+def _gradnorm_step(bal: GradNorm, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """GradNorm on a stand-in network: each task's 'last block' is one scalar parameter."""
+    from automtl.build import ParamGroup
+
+    params = {t: torch.nn.Parameter(torch.tensor(1.0 + i)) for i, t in enumerate(sorted(losses))}
+    scaled = {t: loss * params[t] for t, loss in losses.items()}
+    groups = [ParamGroup(f"b0:{t}", (t,), (params[t],)) for t in sorted(losses)]
+    return bal.backward(scaled, StepContext(groups))
