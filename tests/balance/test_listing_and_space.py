@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from automtl.balance import BALANCERS, StepContext, create_balancer, describe_balancers
 from automtl.config import load_config
+from automtl.errors import ConfigError
 from automtl.space import SearchSpace
 from automtl.train import task_losses
 
@@ -40,25 +41,38 @@ def _space(names: list[str]) -> SearchSpace:
     return SearchSpace(config, [f"t{i}" for i in range(11)], 4)
 
 
+def _installed() -> list[str]:
+    return [n for n in BALANCERS.list() if not getattr(BALANCERS.get(n), "missing_requirements", list)()]
+
+
 def test_search_space_samples_every_strategy_and_its_hyperparameters() -> None:
-    space = _space(BALANCERS.list())
-    assert set(space.balancers) == set(BALANCERS.list())
+    names = _installed()
+    space = _space(names)
+    assert set(space.balancers) == set(names)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for name in BALANCERS.list():
+    for name in names:
         study.enqueue_trial({"balancer": name})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seen = {}
-    for _ in BALANCERS.list():
+    for _ in names:
         trial = study.ask()
         candidate = space.sample(trial)
         seen[candidate.balancer] = candidate.balancer_params
         cls = BALANCERS.get(candidate.balancer)
         assert set(candidate.balancer_params) == set(cls.hyperparameters)
-        if not getattr(cls, "missing_requirements", list)():
-            create_balancer(candidate.balancer, space.tasks, **candidate.balancer_params)
+        create_balancer(candidate.balancer, space.tasks, **candidate.balancer_params)
         study.tell(trial, 0.0)
-    assert set(seen) == set(BALANCERS.list())
+    assert set(seen) == set(names)
     assert seen["upgrad"]["mode"] in ("full", "representation")
+
+
+def test_a_strategy_whose_solver_is_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    cls = BALANCERS.get("upgrad")
+    monkeypatch.setattr(cls, "missing_requirements", classmethod(lambda c: ["quadprog"]))
+    with pytest.raises(ConfigError) as info:
+        _space(["equal", "upgrad"])
+    assert info.value.key == "space.balancers.upgrad" and "quadprog" in str(info.value)
+    assert "upgrad" not in _space(["all"]).balancers  # 'all' skips what is not installed
 
 
 def test_search_space_can_restrict_the_set() -> None:
