@@ -6,6 +6,8 @@
     automtl evaluate D               -> automtl.evaluate_bundle(D, split)
     automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
+    automtl affinity CONFIG --out D  -> automtl.affinity.measure_affinity(config).save(D)
+    automtl affinity show D          -> automtl.affinity.format_affinity(automtl.affinity.load_affinity(D))
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, help="seeds the sampler and every trial's training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar; one line per trial")
+    p.add_argument("--seed-from-affinity", metavar="DIR", help="enqueue trees derived from 'automtl affinity' output first")
+    p.add_argument(
+        "--restrict-to-affinity", action="store_true", help="with --seed-from-affinity: fix the task grouping to the affinity's best"
+    )
 
     p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
     _add_study_args(p, config_optional=True)
@@ -65,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the learning rate (default: fixed value or middle of range)")
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--delta-m", action="store_true", help="also train (or reuse cached) single-task baselines; report Δm")
+
+    p = sub.add_parser("affinity", help="measure inter-task affinity (CONFIG --out DIR) or show it (show DIR)")
+    p.add_argument("config", help="search YAML to measure, or the word 'show'")
+    p.add_argument("dir", nargs="?", help="with 'show': a directory written by 'automtl affinity CONFIG --out DIR'")
+    p.add_argument("--measure", default="lookahead", choices=["lookahead", "cosine", "rsa", "cka"])
+    p.add_argument("--every", type=int, help="lookahead/cosine: training steps between measurements (default 15)")
+    p.add_argument("--warmup-epochs", type=int, help="unmeasured epochs at the start (default 1 if >= 2 epochs)")
+    p.add_argument("--tree", help="BranchTree YAML to train while measuring (default: hard parameter sharing)")
+    p.add_argument("--device", help="auto, cpu, cuda ...")
+    p.add_argument("--out", help="directory for affinity.json, .graphml and .dot (required to measure)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the graph and the matrix (pip install 'automtl[plot]')")
+    p.add_argument("--without-momentum", action="store_true", help="lookahead: each task's own part (momentum removed)")
+    p.add_argument("--groups", type=int, default=0, help="also print the best grouping into at most N groups")
 
     p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
     p.add_argument("what", choices=["balancers", "backbones", "datasets", "metrics", "losses"])
@@ -99,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             echo=print if args.no_progress else None,
+            seed_from_affinity=args.seed_from_affinity,
+            restrict_to_affinity=args.restrict_to_affinity,
         )
         print(report.format_summary(study))
     elif args.command == "show":
@@ -129,9 +150,46 @@ def _run(args: argparse.Namespace) -> int:
                 experiment, cache, ("val", "test"), args.device, epochs=args.epochs, lr=args.lr
             )
         print(report.format_fixed(result, experiment.data.tasks, baseline))
+    elif args.command == "affinity":
+        _affinity(args)
     elif args.command == "list":
         print(report.format_registry(args.what))
     return 0
+
+
+def _affinity(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import automtl
+    from automtl import affinity
+    from automtl.errors import ConfigError
+
+    if args.config == "show":
+        if not args.dir:
+            raise ConfigError("dir", "'automtl affinity show DIR' needs the directory written by 'automtl affinity CONFIG --out DIR'")
+        result = affinity.load_affinity(args.dir)
+    else:
+        if not args.out:
+            raise ConfigError("--out", "measuring affinity needs --out DIR")
+        tree = automtl.BranchTree.from_yaml(Path(args.tree).read_text()) if args.tree else None
+        result = affinity.measure_affinity(
+            automtl.load_config(args.config),
+            measure=args.measure,
+            every=args.every or affinity.DEFAULT_EVERY,
+            warmup_epochs=args.warmup_epochs,
+            tree=tree,
+            device=args.device,
+        )
+        result.save(args.out)
+        print(f"saved to {args.out} (affinity.json, affinity.graphml, affinity.dot)")
+    if args.without_momentum:
+        result = result.without_momentum()
+    print(affinity.format_affinity(result))
+    if args.groups:
+        groups, score = affinity.best_grouping(result.matrix, result.tasks, args.groups)
+        print(f"best grouping into at most {args.groups} groups (total affinity, higher is better, {score:+.4g}): {groups}")
+    if args.plot:
+        print(f"picture: {affinity.plot_affinity(result, args.plot)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (AutoMTLError, LookupError, FileNotFoundError) as exc:
+    except (AutoMTLError, LookupError, FileNotFoundError, ImportError) as exc:
         print(f"automtl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

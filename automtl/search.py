@@ -216,6 +216,8 @@ def run_search(
     seed: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    seed_from_affinity: str | os.PathLike[str] | None = None,
+    restrict_to_affinity: bool = False,
 ) -> optuna.Study:
     """Run (or resume) the search described by ``config``.
 
@@ -234,6 +236,11 @@ def run_search(
         progress: Show a tqdm bar over trials with the best value so far.
         echo: Where to print one line per finished trial with its per-task metrics
             (default: above the progress bar; ``None`` with ``progress=False``: silent).
+        seed_from_affinity: A directory written by :meth:`automtl.affinity.AffinityResult.save`;
+            the trees derived from it (:func:`automtl.affinity.seed_params`) are enqueued as the
+            first trials.
+        restrict_to_affinity: Also fix the task grouping to the affinity's best grouping into at
+            most ``space.max_groups`` groups (Optuna's ``PartialFixedSampler``).
 
     Returns:
         The study.
@@ -259,11 +266,35 @@ def run_search(
     experiment = prepare(config)
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seeds: list[dict[str, Any]] = []
+    fixed_grouping: dict[str, Any] | None = None
+    if seed_from_affinity is not None:
+        from automtl.affinity import best_grouping, grouping_params, load_affinity, seed_params
+
+        affinity = load_affinity(seed_from_affinity)
+        if list(affinity.tasks) != space.tasks:
+            raise ConfigError("--seed-from-affinity", f"affinity tasks {list(affinity.tasks)} differ from {space.tasks}")
+        seeds = seed_params(affinity, space)
+        if restrict_to_affinity:
+            groups, _ = best_grouping(affinity.matrix, affinity.tasks, space.max_groups)
+            fixed_grouping = grouping_params(groups, space.tasks)
+            seeds = [p for p in seeds if all(p.get(k) == v for k, v in fixed_grouping.items())]
+    elif restrict_to_affinity:
+        raise ConfigError("--restrict-to-affinity", "needs --seed-from-affinity DIR")
+
+    def sampler_for(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+        base = _make_sampler(cfg)
+        if fixed_grouping is None:
+            return base
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.PartialFixedSampler(fixed_grouping, base)
+
     study = optuna.create_study(
         storage=open_storage(config.storage),
         study_name=config.study_name,
         direction="maximize",
-        sampler=_make_sampler(config),
+        sampler=sampler_for(config),
         pruner=_make_pruner(config),
         load_if_exists=True,
     )
@@ -282,7 +313,9 @@ def run_search(
                 "resume it with the original config, or pass --study-name to start a new study",
             )
         # a resumed study must not replay the candidates its seeded sampler drew the first time
-        study.sampler = _make_sampler(replace(config, seed=config.seed + len(study.trials)))
+        study.sampler = sampler_for(replace(config, seed=config.seed + len(study.trials)))
+    for params in seeds:
+        study.enqueue_trial(params, skip_if_exists=True)
     target = n_trials if n_trials is not None else config.n_trials
     remaining = max(0, target - len(finished_trials(study)))
     if remaining == 0:

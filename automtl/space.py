@@ -129,7 +129,13 @@ class SearchSpace:
                         f"a range takes low, high, log; got {given.value!r}",
                     )
                 if hp_name in overrides:
-                    specs[hp_name] = overrides[hp_name]
+                    spec = overrides[hp_name]
+                    values = spec.choices if spec.kind == "choice" else (spec.value,) if spec.kind == "fixed" else ()
+                    if hp.choices is not None and (spec.kind == "range" or any(v not in hp.choices for v in values)):
+                        raise ConfigError(
+                            f"space.balancers.{name}.{hp_name}", f"must be among {list(hp.choices)}, got {spec.to_yaml_value()!r}"
+                        )
+                    specs[hp_name] = spec
                 elif hp.choices is not None:
                     specs[hp_name] = ParamSpec("choice", choices=hp.choices)
                 elif hp.low is not None and hp.high is not None:
@@ -160,7 +166,19 @@ class SearchSpace:
                 continue
             if name == "fixed" and "weights" not in shared:
                 continue  # equal weighting already covers fixed weights of 1
-            out[name] = {k: v for k, v in shared.items() if k in cls.hyperparameters}
+            own: dict[str, ParamSpec] = {}
+            for k, spec in shared.items():
+                hp = cls.hyperparameters.get(k)
+                if hp is None:
+                    continue
+                if hp.choices is not None and spec.kind in ("choice", "fixed"):
+                    wanted = spec.choices if spec.kind == "choice" else (spec.value,)
+                    allowed = tuple(c for c in wanted if c in hp.choices)
+                    if not allowed:
+                        continue  # e.g. mode: [representation] for a full-mode-only method
+                    spec = ParamSpec("choice", choices=allowed)
+                own[k] = spec
+            out[name] = own
         out.update({k: v for k, v in balancers.items() if k != "all"})
         return out
 

@@ -169,3 +169,41 @@ def test_load_study_errors(searched: tuple[SearchConfig, optuna.Study], tmp_path
     with pytest.raises(LookupError, match="no study in storage"):
         load_study(f"sqlite:///{tmp_path / 'empty.db'}")
 
+
+
+@pytest.mark.slow
+def test_search_seeded_from_affinity_runs_the_derived_trees_first(
+    make_config: Callable[..., SearchConfig], tmp_path: Path
+) -> None:
+    from automtl.affinity import best_grouping, grouping_params, load_affinity, measure_affinity, seed_params
+    from automtl.experiment import prepare
+    from automtl.search import run_search
+    from automtl.space import SearchSpace
+
+    config = make_config({"search.n_trials": 4})
+    measure_affinity(config, measure="cosine", every=1).save(tmp_path / "aff")
+    affinity = load_affinity(tmp_path / "aff")
+    experiment = prepare(config)
+    space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
+    seeds = seed_params(affinity, space)
+    assert seeds, "the affinity should give at least one tree"
+
+    study = run_search(config, progress=False, seed_from_affinity=tmp_path / "aff")
+    first = study.trials[: min(len(seeds), 4)]
+    for trial, params in zip(first, seeds):
+        assert {k: trial.params[k] for k in params} == params
+
+    restricted = make_config({"search.n_trials": 3, "search.study_name": "restricted"})
+    study = run_search(restricted, progress=False, seed_from_affinity=tmp_path / "aff", restrict_to_affinity=True)
+    groups, _ = best_grouping(affinity.matrix, affinity.tasks, space.max_groups)
+    fixed = grouping_params(groups, space.tasks)
+    for trial in study.trials:
+        assert {k: trial.params[k] for k in fixed} == fixed
+
+
+def test_restrict_without_affinity_is_refused(make_config: Callable[..., SearchConfig]) -> None:
+    from automtl.search import run_search
+
+    with pytest.raises(ConfigError) as info:
+        run_search(make_config(), progress=False, restrict_to_affinity=True)
+    assert info.value.key == "--restrict-to-affinity"

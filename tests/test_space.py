@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import optuna
@@ -124,3 +125,33 @@ def test_describe(make_config: Callable[..., SearchConfig]) -> None:
 def test_known_optimizers_are_accepted(make_config: Callable[..., SearchConfig], optimizer: object) -> None:
     _, candidates = _sample(_space(make_config({"train.optimizer": optimizer})), 2)
     assert all(c.train.optimizer in ("adamw", "adam", "sgd") for c in candidates)
+
+
+def test_all_narrows_shared_choices_to_each_strategy(make_config) -> None:  # type: ignore[no-untyped-def]
+    from automtl.balance import BALANCERS
+    from automtl.config import parse_param
+    from automtl.space import SearchSpace
+
+    config = make_config()
+    space_cfg = dataclasses.replace(config.space, balancers={"all": {"mode": parse_param(["representation"], "mode")}})
+    space = SearchSpace(dataclasses.replace(config, space=space_cfg), ["a", "b", "c", "d"], 3)
+    for name, specs in space.balancers.items():
+        choices = BALANCERS.get(name).hyperparameters.get("mode")
+        if choices is None:
+            assert "mode" not in specs
+        elif "representation" in (choices.choices or ()):
+            assert specs["mode"].choices == ("representation",), name
+        else:  # a method without the cheap mode keeps its own choices
+            assert "representation" not in (specs["mode"].choices or ()), name
+
+
+def test_an_override_outside_a_strategy_s_choices_is_a_config_error(make_config) -> None:  # type: ignore[no-untyped-def]
+    from automtl.config import parse_param
+    from automtl.errors import ConfigError
+    from automtl.space import SearchSpace
+
+    config = make_config()
+    bad = {"excess_mtl": {"mode": parse_param(["representation"], "mode")}}
+    with pytest.raises(ConfigError) as info:
+        SearchSpace(dataclasses.replace(config, space=dataclasses.replace(config.space, balancers=bad)), ["a", "b", "c", "d"], 3)
+    assert info.value.key == "space.balancers.excess_mtl.mode"
