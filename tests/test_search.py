@@ -207,3 +207,18 @@ def test_restrict_without_affinity_is_refused(make_config: Callable[..., SearchC
     with pytest.raises(ConfigError) as info:
         run_search(make_config(), progress=False, restrict_to_affinity=True)
     assert info.value.key == "--restrict-to-affinity"
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_a_cpu_search(make_config: Callable[..., SearchConfig], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from automtl.search import run_search
+
+    config = make_config({"search.n_trials": 3, "search.sampler": "tpe", "search.pruner": "median"})
+    first = run_search(config, progress=False)
+    second = run_search(replace(config, storage=f"sqlite:///{tmp_path / 'again.db'}"), progress=False)
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert [t.value for t in first.trials] == [t.value for t in second.trials]
+    other = run_search(replace(config, storage=f"sqlite:///{tmp_path / 'other.db'}", seed=1), progress=False)
+    assert [t.params for t in other.trials] != [t.params for t in first.trials]
