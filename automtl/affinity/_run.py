@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -16,7 +15,8 @@ from automtl.affinity._representation import REPRESENTATION_MEASURES, representa
 from automtl.affinity._result import AffinityResult
 from automtl.balance import create_balancer
 from automtl.build import build_model
-from automtl.config import ParamSpec, SearchConfig
+from automtl.fixed import default_train_config
+from automtl.config import SearchConfig
 from automtl.experiment import Experiment, prepare
 from automtl.train import TrainConfig, fit, seed_everything
 from automtl.tree import BranchTree
@@ -34,24 +34,11 @@ DEFAULT_EVERY = 15
 MEASURES: dict[str, type[AffinityMeter]] = {"lookahead": LookaheadAffinity, "cosine": GradientCosine}
 
 
-def _middle(spec: ParamSpec) -> Any:
-    if spec.kind == "fixed":
-        return spec.value
-    if spec.kind == "choice":
-        return spec.choices[0]
-    if spec.log:
-        mid = math.sqrt(float(spec.low) * float(spec.high))
-    else:
-        mid = (float(spec.low) + float(spec.high)) / 2
-    return round(mid) if spec.is_int else mid
-
-
 def train_config_for(config: SearchConfig) -> TrainConfig:
     """One training setting from the configuration's ``train`` space: a fixed value as given,
     the first of a choice, the middle of a range (geometric middle on a log scale); seeded with
     ``search.seed``."""
-    values = {k: _middle(spec) for k, spec in config.train.items()}
-    return TrainConfig(seed=config.seed, **values)
+    return default_train_config(config, seed=config.seed)
 
 
 def measure_affinity(
