@@ -103,8 +103,9 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
     (out / "candidate.yaml").write_text(
         yaml.safe_dump({k: v for k, v in candidate.items() if k != "tree"}, sort_keys=False)
     )
-    val = evaluate_bundle(out, "val")
-    test = evaluate_bundle(out, "test")
+    # the same code path as `automtl evaluate`, on the data already loaded for this export
+    net = load(out, "cpu")
+    val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
     tasks = experiment.data.tasks
     extra: dict[str, Any] = {}
     if config.objective == "delta_m":
@@ -174,7 +175,6 @@ def evaluate_bundle(bundle: str | os.PathLike[str], split: str = "test", device:
         FileNotFoundError: A bundle file is missing.
         ValueError: Unknown split.
     """
-    path = Path(bundle)
-    net = load(path, device)
-    experiment = prepare(parse_config(yaml.safe_load((path / "config.yaml").read_text())))
+    net = load(bundle, device)  # first: it says clearly when the folder is no bundle
+    experiment = prepare(parse_config(yaml.safe_load((Path(bundle) / "config.yaml").read_text())))
     return evaluate(net, experiment.data.split(split), net.tasks)
