@@ -2,7 +2,8 @@
 
     automtl search CONFIG            -> automtl.run_search(automtl.load_config(CONFIG))
     automtl show [CONFIG]            -> automtl.report.format_study(automtl.load_study(...))
-    automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D)
+    automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D, trial, retrain_seeds=N)
+    automtl plot [CONFIG] --out D    -> automtl.plots.plot_study(study, D)  (history.png, pareto.png)
     automtl evaluate D               -> automtl.evaluate_bundle(D, split)
     automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
@@ -55,7 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the best (or a given) trial as a bundle")
     _add_study_args(p, config_optional=True)
     p.add_argument("--out", required=True, help="bundle directory")
-    p.add_argument("--trial", type=int, help="trial number to export (default: the best)")
+    p.add_argument(
+        "--trial", type=int, help="trial number to export (default: the best; multi-objective: the front's best quality)"
+    )
+    p.add_argument(
+        "--retrain-seeds", type=int, default=0, metavar="N", help="also retrain it on train with seeds 0..N-1; test mean ± std"
+    )
+    p.add_argument("--device", help="for --retrain-seeds: auto, cpu, cuda ...")
+
+    p = sub.add_parser("plot", help="PNG pictures of a study: optimization history, Pareto front")
+    _add_study_args(p, config_optional=True)
+    p.add_argument("--out", required=True, help="directory for history.png (and pareto.png when multi-objective)")
 
     p = sub.add_parser("evaluate", help="metrics of an exported bundle, as JSON")
     p.add_argument("bundle", help="directory written by 'automtl export'")
@@ -127,8 +138,16 @@ def _run(args: argparse.Namespace) -> int:
         print(report.format_study(automtl.load_study(storage, name), top=args.top))
     elif args.command == "export":
         storage, name = _locate(args)
-        metrics = automtl.export_trial(automtl.load_study(storage, name), storage, args.out, args.trial)
+        metrics = automtl.export_trial(
+            automtl.load_study(storage, name), storage, args.out, args.trial, retrain_seeds=args.retrain_seeds, device=args.device
+        )
         print(report.format_export(metrics, args.out))
+    elif args.command == "plot":
+        from automtl.plots import plot_study
+
+        storage, name = _locate(args)
+        for path in plot_study(automtl.load_study(storage, name), args.out):
+            print(f"picture: {path}")
     elif args.command == "evaluate":
         from automtl.export import jsonable
 
@@ -199,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (AutoMTLError, LookupError, FileNotFoundError, ImportError) as exc:
+    except (AutoMTLError, LookupError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"automtl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

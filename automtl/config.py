@@ -22,7 +22,17 @@ import yaml
 
 from automtl.errors import ConfigError
 
-__all__ = ["ParamSpec", "SearchConfig", "SpaceConfig", "load_config", "parse_config", "DEFAULT_STORAGE"]
+__all__ = [
+    "BUDGET_NAMES",
+    "COST_NAMES",
+    "DEFAULT_STORAGE",
+    "OBJECTIVE_NAMES",
+    "ParamSpec",
+    "SearchConfig",
+    "SpaceConfig",
+    "load_config",
+    "parse_config",
+]
 
 DEFAULT_STORAGE = "sqlite:///runs/automtl.db"
 
@@ -141,9 +151,22 @@ class SearchConfig:
         sampler: ``tpe`` or ``random``.
         pruner: ``median`` or ``none``.
         seed: Seeds the sampler and every trial's training.
-        objective: ``mean_score`` (see :func:`automtl.metrics.aggregate_score`) or ``delta_m``
-            (Δm in percent against cached single-task baselines, :func:`automtl.metrics.delta_m`;
-            the baselines are trained once, before the first trial, on train, scored on val).
+        objective: The quality objective (maximized), from ``search.objective``:
+            ``delta_m`` (the default: Δm in percent against cached single-task baselines,
+            :func:`automtl.metrics.delta_m`; the baselines are trained once, before the first
+            trial, on train, scored on val), ``mean_score``
+            (:func:`automtl.metrics.aggregate_score`), ``weighted`` (written
+            ``{weighted: {task: weight}}``: the weighted mean of the direction-adjusted metrics,
+            weights in ``objective_weights``) or ``per_task`` (each task's direction-adjusted
+            metric is an objective of its own: a multi-objective search).
+        objective_weights: Task name -> weight (>= 0) of the ``weighted`` objective.
+        cost: Cost objectives minimized alongside the quality objective (``search.cost``; names
+            in :data:`automtl.cost.COSTS`: ``n_params``, ``flops``, ``latency_ms``). Non-empty, or
+            ``objective: per_task``, makes the study multi-objective (no pruning; see
+            :mod:`automtl.search`).
+        constraints: Hard budgets (``search.constraints``): ``max_params``, ``max_flops``,
+            ``max_latency_ms`` -> limit. A candidate over a budget is measured before training
+            and ends pruned, untrained; Optuna's trial constraints tell the sampler.
         storage: Optuna storage URL; default ``sqlite:///runs/automtl.db``.
         study_name: Default: ``name``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
@@ -165,7 +188,10 @@ class SearchConfig:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
-    objective: str = "mean_score"
+    objective: str = "delta_m"
+    objective_weights: dict[str, float] = field(default_factory=dict)
+    cost: tuple[str, ...] = ()
+    constraints: dict[str, float] = field(default_factory=dict)
     storage: str = DEFAULT_STORAGE
     study_name: str = ""
     device: str = "auto"
@@ -278,6 +304,56 @@ def _parse_train(d: dict[str, Any]) -> dict[str, ParamSpec]:
     return spec
 
 
+OBJECTIVE_NAMES = ("delta_m", "mean_score", "per_task", "weighted")
+COST_NAMES = ("n_params", "flops", "latency_ms")  # automtl.cost.COSTS (this module imports no torch)
+BUDGET_NAMES = ("max_params", "max_flops", "max_latency_ms")
+
+
+def _parse_objective(value: Any) -> tuple[str, dict[str, float]]:
+    """``delta_m`` | ``mean_score`` | ``per_task`` | ``{weighted: {task: weight}}``."""
+    if isinstance(value, Mapping):
+        _reject_unknown(value, {"weighted"}, "search.objective")
+        weights = _mapping(value.get("weighted"), "search.objective.weighted")
+        if not weights:
+            raise ConfigError("search.objective.weighted", "needs at least one task: weight")
+        for task, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"search.objective.weighted.{task}", f"must be a number >= 0, got {w!r}")
+        if not any(w > 0 for w in weights.values()):
+            raise ConfigError("search.objective.weighted", "at least one weight must be > 0")
+        return "weighted", {str(t): float(w) for t, w in weights.items()}
+    if value not in ("delta_m", "mean_score", "per_task"):
+        raise ConfigError(
+            "search.objective",
+            f"must be delta_m, mean_score, per_task or {{weighted: {{task: weight}}}}, got {value!r}",
+        )
+    return str(value), {}
+
+
+def _parse_cost(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError("search.cost", f"must be a list of {list(COST_NAMES)}, got {value!r}")
+    for i, name in enumerate(value):
+        if name not in COST_NAMES:
+            raise ConfigError(f"search.cost[{i}]", f"unknown cost {name!r}; expected one of {list(COST_NAMES)}")
+    if len(set(value)) != len(value):
+        raise ConfigError("search.cost", f"names a cost twice: {value}")
+    return tuple(value)
+
+
+def _parse_constraints(value: Any) -> dict[str, float]:
+    d = _mapping(value, "search.constraints")
+    _reject_unknown(d, set(BUDGET_NAMES), "search.constraints")
+    for key, limit in d.items():
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+            raise ConfigError(f"search.constraints.{key}", f"must be a positive number, got {limit!r}")
+    return {k: float(v) for k, v in d.items()}
+
+
 def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchConfig:
     """Validate a configuration mapping.
 
@@ -313,7 +389,9 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         overrides[str(task)] = ov
     search = _mapping(top.get("search"), "search")
     _reject_unknown(
-        search, {"n_trials", "timeout", "sampler", "pruner", "seed", "objective", "storage", "study_name"}, "search"
+        search,
+        {"n_trials", "timeout", "sampler", "pruner", "seed", "objective", "cost", "constraints", "storage", "study_name"},
+        "search",
     )
     timeout = search.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
@@ -324,9 +402,9 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     pruner = search.get("pruner", "median")
     if pruner not in ("median", "none"):
         raise ConfigError("search.pruner", f"must be 'median' or 'none', got {pruner!r}")
-    objective = search.get("objective", "mean_score")
-    if objective not in ("mean_score", "delta_m"):
-        raise ConfigError("search.objective", f"must be 'mean_score' or 'delta_m', got {objective!r}")
+    objective, weights = _parse_objective(search.get("objective", "delta_m"))
+    cost = _parse_cost(search.get("cost"))
+    constraints = _parse_constraints(search.get("constraints"))
     for key in ("storage", "study_name"):
         if search.get(key) is not None and not isinstance(search[key], str):
             raise ConfigError(f"search.{key}", f"must be a string, got {search[key]!r}")
@@ -349,6 +427,9 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         pruner=pruner,
         seed=_int(seed, "search.seed", 0),
         objective=objective,
+        objective_weights=weights,
+        cost=cost,
+        constraints=constraints,
         storage=search.get("storage") or DEFAULT_STORAGE,
         study_name=search.get("study_name") or name,
         device=device,

@@ -36,7 +36,9 @@ from automtl.config import parse_config
 from automtl.experiment import prepare
 from automtl.fixed import single_task_baseline
 from automtl.metrics import DELTA_M_CONVENTION, METRICS, aggregate_score, delta_m
-from automtl.search import OBJECTIVES, artifact_dir, baseline_dir, study_config
+from automtl.fixed import train_fixed
+from automtl.search import artifact_dir, baseline_dir, is_multi_objective, objective_names, pareto_front, study_config
+from automtl.space import Candidate
 from automtl.tasks import TaskSpec
 from automtl.train import evaluate
 from automtl.tree import BranchTree
@@ -45,11 +47,13 @@ __all__ = ["evaluate_bundle", "export_trial", "jsonable", "load"]
 
 
 def _pick_trial(study: optuna.Study, trial_number: int | None) -> optuna.trial.FrozenTrial:
+    """Trial ``trial_number``; by default the best trial, or in a multi-objective study the
+    Pareto-front member with the best first (quality) objective."""
     if trial_number is None:
-        try:
-            return study.best_trial
-        except ValueError as exc:
-            raise LookupError(f"study '{study.study_name}' has no complete trial to export") from exc
+        front = pareto_front(study)
+        if not front:
+            raise LookupError(f"study '{study.study_name}' has no complete (feasible) trial to export")
+        return max(front, key=lambda t: (t.values[0], -t.number))
     trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
     if not trials:
         raise LookupError(f"study '{study.study_name}' has no trial {trial_number}")
@@ -58,11 +62,27 @@ def _pick_trial(study: optuna.Study, trial_number: int | None) -> optuna.trial.F
     return trials[0]
 
 
-def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLike[str], trial_number: int | None = None) -> dict[str, Any]:
+def export_trial(
+    study: optuna.Study,
+    storage_url: str,
+    out_dir: str | os.PathLike[str],
+    trial_number: int | None = None,
+    *,
+    retrain_seeds: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Write the bundle of the best trial (or trial ``trial_number``) to ``out_dir``.
 
-    The trial was selected on validation data; the test split is read here, once, to
-    report its metrics.
+    In a multi-objective study the default is the Pareto-front member with the best first
+    (quality) objective; any complete trial can be named, and ``metrics.json`` says whether it
+    is on the Pareto front.
+
+    The trial was selected on validation data; the test split is read here, once, to report
+    its metrics. With ``retrain_seeds = N`` the chosen architecture, balancer and training
+    hyperparameters are also trained anew on the training split with seeds 0..N-1, and their
+    validation and test metrics are reported as mean ± std (``retrain`` in ``metrics.json``);
+    no choice is made among those seeds, and the bundle's weights stay the searched trial's.
+    ``selection`` in ``metrics.json`` records which split decided what.
 
     Returns:
         The contents of ``metrics.json``.
@@ -70,7 +90,10 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
     Raises:
         LookupError: No complete trial, or no trial of that number.
         FileNotFoundError: The trial's weights are missing from the artifact store.
+        ValueError: ``retrain_seeds < 0``.
     """
+    if retrain_seeds < 0:
+        raise ValueError(f"retrain_seeds must be >= 0, got {retrain_seeds}")
     trial = _pick_trial(study, trial_number)
     config = study_config(study)
     experiment = prepare(config)
@@ -108,20 +131,47 @@ def export_trial(study: optuna.Study, storage_url: str, out_dir: str | os.PathLi
     val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
     tasks = experiment.data.tasks
     extra: dict[str, Any] = {}
+    baseline = None
     if config.objective == "delta_m":
-        baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), config.device)
+        baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), device or config.device)
         extra = {
             "delta_m_convention": DELTA_M_CONVENTION,
             "val_delta_m": delta_m(val, baseline["val"], tasks),
             "test_delta_m": delta_m(test, baseline["test"], tasks),
             "baseline": baseline,
         }
+    selection = {
+        "architecture": f"trial {trial.number}, chosen on the validation split by the search objective(s)",
+        "weights": "the trial's own training run on the train split (last epoch); nothing chosen on test",
+        "test": "read once, after selection, for this report",
+    }
+    if retrain_seeds:
+        chosen = Candidate.from_dict(candidate)
+        result = train_fixed(
+            experiment,
+            chosen.tree,
+            chosen.balancer,
+            chosen.balancer_params,
+            seeds=retrain_seeds,
+            device=device or config.device,
+            train=chosen.train,
+        )
+        extra["retrain"] = result.summary(tasks, baseline)
+        selection["retrain"] = (
+            f"the same architecture and hyperparameters trained anew on the train split with seeds "
+            f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
+        )
+    on_front = trial.number in {t.number for t in pareto_front(study)}
     metrics = {
         "study": study.study_name,
         "trial": trial.number,
         "selected_on": "val",
-        "objective": OBJECTIVES[config.objective],
-        "search_val_score": trial.value,
+        "selection": selection,
+        "objective": study.user_attrs.get("objective", config.objective),
+        "search_values": dict(zip(objective_names(study), trial.values)),
+        "multi_objective": is_multi_objective(study),
+        "pareto_front": on_front,
+        "cost": trial.user_attrs.get("cost", {}),
         "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
         "val": val,
         "val_score": aggregate_score(val, tasks),

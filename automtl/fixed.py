@@ -9,7 +9,7 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +112,13 @@ def train_fixed(
     balancer_params: Mapping[str, Any] | None = None,
     seeds: int = 1,
     device: str | None = None,
+    train: TrainConfig | None = None,
     **train_overrides: Any,
 ) -> FixedResult:
     """Train one fixed design with ``seeds`` seeds (0, 1, ...); report validation and test metrics.
+
+    Training hyperparameters are ``train`` (e.g. a searched candidate's) with each seed put in,
+    else :func:`default_train_config` of the experiment's config; ``train_overrides`` win in both cases.
 
     Raises:
         ValueError: See :func:`resolve_arch`; ``seeds < 1``.
@@ -123,12 +127,18 @@ def train_fixed(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     data, backbone = experiment.data, experiment.backbone
     tree = resolve_arch(arch, data.task_names, backbone.n_blocks)
-    result = FixedResult(tree, balancer, dict(balancer_params or {}), default_train_config(experiment.config, 0, **train_overrides))
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+
+    def config_of(seed: int) -> TrainConfig:
+        if train is None:
+            return default_train_config(experiment.config, seed, **overrides)
+        return replace(train, seed=seed, **overrides)
+
+    result = FixedResult(tree, balancer, dict(balancer_params or {}), config_of(0))
     for seed in range(seeds):
-        train = default_train_config(experiment.config, seed, **train_overrides)
         seed_everything(seed)
         net = build_model(tree, backbone, data.tasks, device or experiment.config.device)
-        fit(net, data, create_balancer(balancer, data.task_names, **result.balancer_params), train)
+        fit(net, data, create_balancer(balancer, data.task_names, **result.balancer_params), config_of(seed))
         result.val.append(evaluate(net, data.val, data.tasks))
         result.test.append(evaluate(net, data.test, data.tasks))
         result.n_params = net.num_parameters()

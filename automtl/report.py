@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from automtl.metrics import METRICS
 from automtl.tree import BranchTree
 
-__all__ = ["format_export", "format_registry", "format_study", "format_summary", "format_table"]
+__all__ = ["format_export", "format_pareto", "format_registry", "format_study", "format_summary", "format_table"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -33,68 +33,115 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _values(t: FrozenTrial, n: int) -> list[float | int | None]:
+    """A trial's objective values; counts (parameters, FLOPs) as integers."""
+    if t.values is None:
+        return [None] * n
+    return [int(v) if float(v).is_integer() and abs(v) >= 100 else v for v in t.values]
+
+
 def format_study(study: optuna.Study, top: int = 0) -> str:
-    """Every trial (or the ``top`` best complete ones) with per-task validation metrics,
-    then the best architecture drawn as a tree."""
+    """Every trial (or the ``top`` best complete ones) with its objective values and per-task
+    validation metrics, then the best architecture drawn as a tree; for a multi-objective
+    study, the Pareto front (``*`` in the ``front`` column) and each member's tree."""
+    from automtl.search import is_multi_objective, objective_names, pareto_front
+
+    names = objective_names(study)
+    multi = is_multi_objective(study)
+    front = pareto_front(study)
+    on_front = {t.number for t in front}
     trials = study.get_trials(deepcopy=False)
     if top:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        trials = sorted(done, key=lambda t: -float(t.value))[:top]  # type: ignore[arg-type]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+        if multi:
+            trials = [t for t in front][:top]
+        else:
+            trials = sorted(done, key=lambda t: -float(t.value))[:top]  # type: ignore[arg-type]
     task_names: list[str] = []
     for t in trials:
         for name in t.user_attrs.get("val_metrics", {}):
             if name not in task_names:
                 task_names.append(name)
-    headers = ["trial", "state", "score", "balancer", "params", "tree", *task_names, "note"]
+    headers = ["trial", "state", *names, *(["front"] if multi else []), "balancer", "params", "tree", *task_names, "note"]
     rows = []
     for t in trials:
         vm = t.user_attrs.get("val_metrics", {})
+        note = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("over_budget", "")
         rows.append(
             [
                 t.number,
                 t.state.name.lower(),
-                t.value,
+                *_values(t, len(names)),
+                *(["*" if t.number in on_front else ""] if multi else []),
                 t.params.get("balancer", "-"),
                 t.user_attrs.get("n_params"),
                 t.user_attrs.get("tree", "-"),
                 *(vm.get(n) for n in task_names),
-                t.user_attrs.get("fail_reason", ""),
+                note,
             ]
         )
+    objective = study.user_attrs.get("objective", "mean_score: higher is better")
     out = [
         f"study '{study.study_name}': {len(study.trials)} trials",
-        "score: mean over tasks of the direction-adjusted validation metric (higher is better); "
-        "per-task columns: each task's validation metric; tree: task indices per block, '/' between branches",
+        f"objectives: {objective}\nper-task columns: each task's validation metric; "
+        "tree: task indices per block, '/' between branches",
         format_table(headers, rows),
     ]
-    try:
-        best = study.best_trial
-    except ValueError:
-        out.append("no complete trial yet")
+    if not front:
+        out.append("no complete (feasible) trial yet")
         return "\n\n".join(out)
-    tree = BranchTree.from_dict(best.user_attrs["candidate"]["tree"])
-    index = "  ".join(f"{i}={name}" for i, name in enumerate(tree.tasks))
-    out.append(f"task indices: {index}")
+    tree = BranchTree.from_dict(front[0].user_attrs["candidate"]["tree"])
+    out.append("task indices: " + "  ".join(f"{i}={name}" for i, name in enumerate(tree.tasks)))
+    if multi:
+        out.append(format_pareto(study, front))
+        return "\n\n".join(out)
+    best = front[0]
     out.append(
-        f"best: trial {best.number}, score {best.value:.4f}, balancer {best.params.get('balancer')}, "
+        f"best: trial {best.number}, {names[0]} {best.value:.4f}, balancer {best.params.get('balancer')}, "
         f"{best.user_attrs.get('n_params')} parameters\n{tree.render()}"
     )
     return "\n\n".join(out)
 
 
+def format_pareto(study: optuna.Study, front: Sequence[FrozenTrial]) -> str:
+    """The Pareto front of a multi-objective study: each member's values, balancer and tree."""
+    from automtl.search import objective_names
+
+    names = objective_names(study)
+    rows = [[t.number, *_values(t, len(names)), t.params.get("balancer", "-"), t.user_attrs.get("tree", "-")] for t in front]
+    lines = [
+        f"Pareto front: {len(front)} of {len(study.trials)} trials (feasible, complete, not dominated); "
+        f"export one with 'automtl export --trial N'",
+        format_table(["trial", *names, "balancer", "tree"], rows),
+    ]
+    for t in front:
+        tree = BranchTree.from_dict(t.user_attrs["candidate"]["tree"])
+        values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values))
+        lines.append(f"trial {t.number} ({values}):\n{tree.render()}")
+    return "\n\n".join(lines)
+
+
 def format_summary(study: optuna.Study) -> str:
-    """One paragraph after a search: counts per state and the best trial."""
+    """One paragraph after a search: counts per state and the best trial (or the Pareto front)."""
+    from automtl.search import is_multi_objective, objective_names, pareto_front
+
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     text = f"study '{study.study_name}': " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    try:
-        best = study.best_trial
-    except ValueError:
-        return text + "; no complete trial"
+    front = pareto_front(study)
+    if not front:
+        return text + "; no complete (feasible) trial"
+    names = objective_names(study)
+    if is_multi_objective(study):
+        members = "; ".join(
+            f"trial {t.number} (" + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values)) + ")" for t in front
+        )
+        return text + f"\nPareto front ({len(front)}): {members}\n'automtl show' draws each member's tree"
+    best = front[0]
     return (
         text
-        + f"\nbest: trial {best.number}, validation score {best.value:.4f} (higher is better), "
+        + f"\nbest: trial {best.number}, validation {names[0]} {best.value:.4f} (higher is better), "
         + f"balancer {best.params.get('balancer')}, tree [{best.user_attrs.get('tree')}]"
     )
 
@@ -109,11 +156,23 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
     rows.append(["(score)", "mean_score", "maximize", metrics["val_score"], metrics["test_score"]])
     if "val_delta_m" in metrics:
         rows.append(["(delta_m %)", "Δm %", "maximize", metrics["val_delta_m"], metrics["test_delta_m"]])
-    return (
-        f"exported trial {metrics['trial']} of study '{metrics['study']}' to {out_dir} "
+    front = " (on the Pareto front)" if metrics.get("multi_objective") and metrics.get("pareto_front") else ""
+    text = (
+        f"exported trial {metrics['trial']}{front} of study '{metrics['study']}' to {out_dir} "
         f"(selected on validation; test read once, for this report)\n"
         + format_table(["task", "metric", "direction", "val", "test"], rows)
     )
+    retrain = metrics.get("retrain")
+    if retrain:
+        keys = [*tasks, "(mean_score)", *(["(delta_m %)"] if "(delta_m %)" in retrain["test"] else [])]
+        rrows = [
+            [k, *(f"{retrain[s][k]['mean']:.4f} ± {retrain[s][k]['std']:.4f}" for s in ("val", "test"))] for k in keys
+        ]
+        text += (
+            f"\n\nretrained on the train split with {retrain['seeds']} seed(s) (none chosen; mean ± std):\n"
+            + format_table(["task", "val", "test"], rrows)
+        )
+    return text
 
 
 def format_fixed(result: Any, tasks: Sequence[Any], baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:

@@ -1,18 +1,35 @@
 """The Optuna study: storage, sampler, pruner, resumption, and what each trial records.
 
-Each trial samples a :class:`~automtl.space.Candidate`, trains it with :func:`automtl.train.fit`
-on the training split, and returns the objective of its validation metrics (maximized):
-``mean_score`` (:func:`automtl.metrics.aggregate_score`) or ``delta_m``
-(:func:`automtl.metrics.delta_m` against single-task baselines trained once and cached). It records, as trial user attributes:
+Each trial samples a :class:`~automtl.space.Candidate`, builds it, measures its cost
+(:mod:`automtl.cost`), trains it with :func:`automtl.train.fit` on the training split, and
+returns the objectives of :mod:`automtl.objectives`: the quality of its validation metrics
+(``delta_m`` by default, against single-task baselines trained once and cached; or
+``mean_score``, ``weighted``, ``per_task``), then any cost objectives.
+
+**Hard budgets** (``search.constraints``: ``max_params``, ``max_flops``, ``max_latency_ms``) are
+Optuna trial constraints (``Trial.set_constraint``, value ``cost / limit - 1``, feasible when
+<= 0). The costs are measured before training, so a candidate over a budget ends *pruned*
+without being trained; the sampler (TPE) reads its constraint values and learns to avoid the
+region, and ``best_trial`` / ``best_trials`` hold feasible trials only.
+
+**Pruning.** A single-objective study prunes with the median rule on the per-epoch validation
+objective. Optuna has no pruning for multi-objective studies (``Trial.report`` is refused), so
+there automtl trains every feasible candidate to the end and saves compute only through the
+budgets above, which reject a candidate before any training. ``history`` still records the
+first quality objective per epoch.
+
+Each trial records, as user attributes:
 
 * ``candidate``: tree, balancer, hyperparameters (``Candidate.to_dict()``);
-* ``tree``: the tree's one-line shape; ``n_params``: parameter count;
-* ``val_metrics``: per-task validation metrics; ``history``: validation score per epoch;
+* ``tree``: the tree's one-line shape; ``n_params``: parameter count; ``cost``: the measured costs;
+* ``over_budget``: which budget a rejected candidate exceeded;
+* ``val_metrics``: per-task validation metrics; ``history``: the (first) quality objective per epoch;
 * ``train_seconds``: training wall time (s);
 * ``weights_artifact``: the Optuna artifact id of its weights (safetensors);
 * ``fail_reason``: why it failed, for a trial whose loss became NaN or infinite.
 
-The study records the configuration (``config``) so that ``show``, ``export`` and a resumed
+The study records the configuration (``config``), the objectives' names and directions
+(``objective_names``, ``directions``) and what they mean (``objective``) so that ``show``, ``export`` and a resumed
 search need only the storage and study name.
 """
 
@@ -21,8 +38,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +52,25 @@ from tqdm.auto import tqdm
 from automtl.balance import create_balancer
 from automtl.build import build_model, resolve_device
 from automtl.config import SearchConfig, parse_config
+from automtl.cost import BUDGETS, measure_costs
 from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
 from automtl.fixed import single_task_baseline
-from automtl.metrics import DELTA_M_CONVENTION, aggregate_score, delta_m
+from automtl.objectives import ObjectiveSpec
 from automtl.space import SearchSpace
 from automtl.train import EpochResult, fit, seed_everything
 
-__all__ = ["artifact_dir", "finished_trials", "load_study", "open_storage", "run_search", "study_config"]
+__all__ = [
+    "artifact_dir",
+    "finished_trials",
+    "is_multi_objective",
+    "load_study",
+    "objective_names",
+    "open_storage",
+    "pareto_front",
+    "run_search",
+    "study_config",
+]
 
 # config key -> the parsed attributes that define the search space (compared on resume)
 _SPACE_KEYS: dict[str, tuple[str, ...]] = {
@@ -51,11 +79,9 @@ _SPACE_KEYS: dict[str, tuple[str, ...]] = {
     "backbone": ("backbone", "backbone_options"),
     "space": ("space",),
     "train": ("train",),
-    "search.objective": ("objective",),
-}
-OBJECTIVES = {
-    "mean_score": "mean_score: mean over tasks of the direction-adjusted validation metric (higher is better)",
-    "delta_m": f"delta_m (%): {DELTA_M_CONVENTION}; baselines on validation",
+    "search.objective": ("objective", "objective_weights"),
+    "search.cost": ("cost",),
+    "search.constraints": ("constraints",),
 }
 
 
@@ -116,6 +142,26 @@ def study_config(study: optuna.Study) -> SearchConfig:
     return parse_config(study.user_attrs["config"], study.user_attrs.get("source"))
 
 
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The names of the study's objectives in value order (``["value"]`` for a study without them)."""
+    return list(study.user_attrs.get("objective_names") or ["value"] * len(study.directions))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible complete trials that no other one dominates, sorted by their last objective
+    (the first cost objective when there is one); a single-objective study's best trial."""
+    if not is_multi_objective(study):
+        try:
+            return [study.best_trial]
+        except ValueError:
+            return []
+    return sorted(study.best_trials, key=lambda t: (t.values[-1], t.number))
+
+
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that count towards ``n_trials``: complete, pruned, or failed for a recorded reason.
 
@@ -129,36 +175,54 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+def _budget_check(costs: dict[str, float], constraints: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Optuna constraint values (``cost / limit - 1``; <= 0 is feasible) and the budgets exceeded."""
+    values, over = {}, []
+    for budget, limit in constraints.items():
+        cost = BUDGETS[budget]
+        values[budget] = costs[cost] / limit - 1.0
+        if values[budget] > 0:
+            over.append(f"{cost} {costs[cost]:.6g} > {budget} {limit:.6g}")
+    return values, over
+
+
 @dataclass
 class _Objective:
     experiment: Experiment
     space: SearchSpace
+    spec: ObjectiveSpec
     device: str
     artifacts: FileSystemArtifactStore
     baseline: dict[str, float] | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
 
-    def score(self, val_metrics: dict[str, float]) -> float:
-        """The objective value of validation metrics: mean_score, or Δm (%) against the baseline."""
-        tasks = self.experiment.data.tasks
-        if self.baseline is not None:
-            return delta_m(val_metrics, self.baseline, tasks)
-        return aggregate_score(val_metrics, tasks)
-
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         data = self.experiment.data
         candidate = self.space.sample(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("tree", candidate.tree.compact())
         seed_everything(candidate.train.seed)
         net = build_model(candidate.tree, self.experiment.backbone, data.tasks, self.device)
-        trial.set_user_attr("n_params", net.num_parameters())
+        wanted = set(self.spec.cost) | {BUDGETS[b] for b in self.constraints}
+        costs = measure_costs(net, data.input_shape, wanted)
+        trial.set_user_attr("n_params", int(costs["n_params"]))
+        trial.set_user_attr("cost", costs)
+        constraint_values, over = _budget_check(costs, self.constraints)
+        for budget, value in constraint_values.items():
+            trial.set_constraint(budget, value)
+        if over:
+            reason = "over budget, not trained: " + "; ".join(over)
+            trial.set_user_attr("over_budget", reason)
+            raise optuna.TrialPruned(reason)
         balancer = create_balancer(candidate.balancer, data.task_names, **candidate.balancer_params)
         history: list[float] = []
 
         def on_epoch(result: EpochResult) -> None:
-            value = self.score(result.val_metrics)
+            value = self.spec.quality_values(result.val_metrics, self.baseline)[0]
             history.append(value)
             trial.set_user_attr("history", history)
+            if self.spec.is_multi:
+                return  # Optuna has no pruning for multi-objective studies (module docstring)
             trial.report(value, result.epoch)
             if trial.should_prune():
                 trial.set_user_attr("val_metrics", result.val_metrics)
@@ -176,7 +240,8 @@ class _Objective:
             save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
             artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=path, study_or_trial=trial)
         trial.set_user_attr("weights_artifact", artifact_id)
-        return history[-1]
+        values = self.spec.values(result.val_metrics, self.baseline, costs)
+        return values if self.spec.is_multi else values[0]
 
 
 def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -193,13 +258,16 @@ def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def _trial_line(trial: FrozenTrial) -> str:
+def _trial_line(trial: FrozenTrial, names: Sequence[str]) -> str:
     metrics = trial.user_attrs.get("val_metrics", {})
     per_task = " ".join(f"{t}={v:.3f}" for t, v in metrics.items())
-    value = f"{trial.value:.4f}" if trial.value is not None else "-"
-    reason = trial.user_attrs.get("fail_reason", "")
+    if trial.values is None:
+        value = "-"
+    else:
+        value = " ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
+    reason = trial.user_attrs.get("fail_reason", "") or trial.user_attrs.get("over_budget", "")
     return (
-        f"trial {trial.number:>3} {trial.state.name.lower():>8} score={value} "
+        f"trial {trial.number:>3} {trial.state.name.lower():>8} {value} "
         f"balancer={trial.params.get('balancer', '?')} tree=[{trial.user_attrs.get('tree', '?')}] "
         f"{per_task}{'  ' + reason if reason else ''}"
     )
@@ -264,6 +332,7 @@ def run_search(
     except (ValueError, RuntimeError) as exc:
         raise ConfigError("device", str(exc)) from exc
     experiment = prepare(config)
+    spec = ObjectiveSpec.from_config(config, experiment.data.tasks)
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds: list[dict[str, Any]] = []
@@ -293,16 +362,17 @@ def run_search(
     study = optuna.create_study(
         storage=open_storage(config.storage),
         study_name=config.study_name,
-        direction="maximize",
+        directions=spec.directions,
         sampler=sampler_for(config),
-        pruner=_make_pruner(config),
+        pruner=optuna.pruners.NopPruner() if spec.is_multi else _make_pruner(config),
         load_if_exists=True,
     )
     stored = study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", {"name": config.name, **config.raw})
         study.set_user_attr("source", config.source)
-        study.set_user_attr("objective", OBJECTIVES[config.objective])
+        study.set_user_attr("objective", spec.describe())
+        study.set_user_attr("objective_names", spec.names)
     else:
         old = parse_config(stored, study.user_attrs.get("source"))
         changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
@@ -322,18 +392,27 @@ def run_search(
         return study
     artifacts_path = artifact_dir(config.storage)
     artifacts_path.mkdir(parents=True, exist_ok=True)
+    say = echo or (print if progress else None)
     baseline = None
     if config.objective == "delta_m":
-        baseline = single_task_baseline(experiment, baseline_dir(config.storage), ("val",), config.device)["val"]
+        cache = baseline_dir(config.storage)
+        if say is not None:
+            say(f"single-task baselines for delta_m: trained once, then read from the cache in {cache}")
+        baseline = single_task_baseline(experiment, cache, ("val",), config.device)["val"]
         study.set_user_attr("baseline_val", baseline)
-    objective = _Objective(experiment, space, config.device, FileSystemArtifactStore(str(artifacts_path)), baseline)
+    objective = _Objective(
+        experiment, space, spec, config.device, FileSystemArtifactStore(str(artifacts_path)), baseline, config.constraints
+    )
     bar = tqdm(total=remaining, desc=f"search {config.study_name}", unit="trial", disable=not progress)
     write = echo or (bar.write if progress else None)
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         bar.update(1)
         if write is not None:
-            write(_trial_line(trial))
+            write(_trial_line(trial, spec.names))
+        if spec.is_multi:
+            bar.set_postfix_str(f"pareto front: {len(study.best_trials)} trial(s)")
+            return
         try:
             best = study.best_trial
             bar.set_postfix_str(f"best={best.value:.4f} (trial {best.number})")

@@ -53,8 +53,9 @@ def test_search(searched_cli: dict[str, Any]) -> None:
     assert searched_cli["code"] == 0, searched_cli["err"]
     out = searched_cli["out"]
     lines = out.splitlines()
-    assert lines[0].startswith("trial   0 complete") and lines[1].startswith("trial   1 complete")
-    assert all(f" {t}=" in lines[0] for t in "abcd")
+    assert lines[0].startswith("single-task baselines for delta_m")  # the default objective needs them
+    assert lines[1].startswith("trial   0 complete delta_m=") and lines[2].startswith("trial   1 complete")
+    assert all(f" {t}=" in lines[1] for t in "abcd")
     assert "study 'tiny': 2 complete" in out and "best: trial" in out and "higher is better" in out
     assert Path(searched_cli["storage"][len("sqlite:///") :]).is_file()
     # a second search resumes: nothing left to run
@@ -67,7 +68,7 @@ def test_show(searched_cli: dict[str, Any]) -> None:
     code, out, err = run("show", "--storage", searched_cli["storage"])
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("trial"))
-    assert header.split()[:6] == ["trial", "state", "score", "balancer", "params", "tree"]
+    assert header.split()[:6] == ["trial", "state", "delta_m", "balancer", "params", "tree"]
     assert header.split()[6:10] == ["a", "b", "c", "d"]  # one validation-metric column per task
     assert "higher is better" in out
     assert "\ninput\n" in out and "head a" in out and "head d" in out  # the best tree, drawn

@@ -145,6 +145,18 @@ MALFORMED = [
     ("search.sampler", "grid", "search.sampler"),
     ("search.pruner", "hyperband", "search.pruner"),
     ("search.objective", "median_score", "search.objective"),
+    ("search.objective", {"weighted": {}}, "search.objective.weighted"),
+    ("search.objective", {"weighted": {"a": -1}}, "search.objective.weighted.a"),
+    ("search.objective", {"weighted": {"a": 0, "b": 0}}, "search.objective.weighted"),
+    ("search.objective", {"weighted": {"a": "high"}}, "search.objective.weighted.a"),
+    ("search.objective", {"weigted": {"a": 1}}, "search.objective.weigted"),
+    ("search.cost", ["n_params", "watts"], "search.cost[1]"),
+    ("search.cost", ["flops", "flops"], "search.cost"),
+    ("search.cost", {"n_params": 1}, "search.cost"),
+    ("search.constraints", {"max_params": 0}, "search.constraints.max_params"),
+    ("search.constraints", {"max_params": "1M"}, "search.constraints.max_params"),
+    ("search.constraints", {"max_memory": 5}, "search.constraints.max_memory"),
+    ("search.constraints", [1], "search.constraints"),
     ("search.n_trials", 0, "search.n_trials"),
     ("search.timeout", -5, "search.timeout"),
     ("search.timeout", True, "search.timeout"),
@@ -214,3 +226,17 @@ def test_relative_data_path_is_relative_to_the_config_file(tmp_path: Path) -> No
     config = load_config(path)
     assert config.data_options["path"] == str((tmp_path / "sub" / "data" / "t.csv").resolve())
     assert config.raw["data"]["options"]["path"] == config.data_options["path"]
+
+
+def test_objective_cost_and_constraints(tmp_path: Path) -> None:
+    raw = tiny_raw(tmp_path)
+    raw["search"].pop("objective", None)
+    config = parse_config(raw)
+    assert config.objective == "delta_m" and config.cost == () and config.constraints == {}  # the defaults
+    raw["search"].update(
+        objective={"weighted": {"a": 2, "b": 0}}, cost="latency_ms", constraints={"max_params": 5000, "max_latency_ms": 2.5}
+    )
+    config = parse_config(raw)
+    assert config.objective == "weighted" and config.objective_weights == {"a": 2.0, "b": 0.0}
+    assert config.cost == ("latency_ms",)
+    assert config.constraints == {"max_params": 5000.0, "max_latency_ms": 2.5}

@@ -38,13 +38,13 @@ def test_bundle_contents(bundle: Path, searched: tuple[SearchConfig, optuna.Stud
     metrics = json.loads((bundle / "metrics.json").read_text())
     best = study.best_trial
     assert (metrics["study"], metrics["trial"], metrics["selected_on"]) == ("tiny", best.number, "val")
-    assert metrics["search_val_score"] == best.value
+    assert metrics["search_values"] == {"delta_m": best.value} and not metrics["multi_objective"]
     assert metrics["n_params"] == best.user_attrs["n_params"]
     assert set(metrics["val"]) == set(metrics["test"]) == {"a", "b", "c", "d"}
     assert metrics["metric_of_task"]["b"] == {"metric": "r2", "direction": "maximize"}
     # the exported weights are the trial's: validation metrics are reproduced bit for bit
     assert metrics["val"] == best.user_attrs["val_metrics"]
-    assert metrics["val_score"] == best.value
+    assert metrics["val_delta_m"] == pytest.approx(best.value, rel=1e-12)
     tree_text = (bundle / "tree.yaml").read_text()
     assert tree_text.startswith("# input\n") and "# " in tree_text and "head a" in tree_text
     assert BranchTree.from_yaml(tree_text) == BranchTree.from_dict(best.user_attrs["candidate"]["tree"])
@@ -116,10 +116,17 @@ def test_unknown_split(bundle: Path) -> None:
 def test_failed_trial_has_nothing_to_export(
     make_config: Callable[..., SearchConfig], nan_loss_calls: dict[str, int], tmp_path: Path
 ) -> None:
-    config = make_config({"tasks": {"b": {"loss": "tests.helpers:nan_loss"}}, "train.epochs": 1, "search.n_trials": 1})
+    config = make_config(
+        {
+            "tasks": {"b": {"loss": "tests.helpers:nan_loss"}},
+            "train.epochs": 1,
+            "search.n_trials": 1,
+            "search.objective": "mean_score",
+        }
+    )
     nan_loss_calls["calls_left"] = 1
     study = run_search(config, progress=False)
-    with pytest.raises(LookupError, match="no complete trial"):
+    with pytest.raises(LookupError, match=r"no complete \(feasible\) trial"):
         export_trial(study, config.storage, tmp_path / "out")
     with pytest.raises(LookupError, match="trial 0 is fail"):
         export_trial(study, config.storage, tmp_path / "out", trial_number=0)

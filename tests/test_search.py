@@ -89,7 +89,10 @@ SPACE_CHANGES = [
     ("space.max_groups", 3, "space"),
     ("data.options", {"seed": 1}, "data"),
     ("tasks", {"b": {"metric": "mae"}}, "tasks"),
-    ("search.objective", "delta_m", "search.objective"),
+    ("search.objective", "mean_score", "search.objective"),
+    ("search.objective", {"weighted": {"a": 1}}, "search.objective"),
+    ("search.cost", ["flops"], "search.cost"),
+    ("search.constraints", {"max_params": 10_000}, "search.constraints"),
 ]
 
 
@@ -115,7 +118,9 @@ def test_other_settings_may_change_on_resume(searched: tuple[SearchConfig, optun
 
 
 EQUIVALENT = [
-    ("search.objective", "mean_score"),  # the default, now written out
+    ("search.objective", "delta_m"),  # the default, now written out
+    ("search.cost", []),
+    ("search.constraints", {}),
     ("train.optimizer", "adamw"),
     ("space.task_split_points", None),
 ]
@@ -131,7 +136,14 @@ def test_an_equivalent_config_resumes(searched: tuple[SearchConfig, optuna.Study
 def test_nan_loss_fails_the_trial_and_the_study_goes_on(
     make_config: Callable[..., SearchConfig], nan_loss_calls: dict[str, int]
 ) -> None:
-    config = make_config({"tasks": {"b": {"loss": "tests.helpers:nan_loss"}}, "train.epochs": 1, "search.n_trials": 3})
+    config = make_config(
+        {
+            "tasks": {"b": {"loss": "tests.helpers:nan_loss"}},
+            "train.epochs": 1,
+            "search.n_trials": 3,
+            "search.objective": "mean_score",  # no single-task baselines to train first
+        }
+    )
     nan_loss_calls["calls_left"] = 1  # the first training step of the first trial
     lines: list[str] = []
     study = run_search(config, progress=False, echo=lines.append)
@@ -150,9 +162,10 @@ def test_echo_prints_per_task_metrics(searched: tuple[SearchConfig, optuna.Study
     lines: list[str] = []
     raw = _changed(config.raw, "search.storage", f"sqlite:///{tmp_path / 'echo.db'}")
     run_search(parse_config(_changed(raw, "train.epochs", 1)), n_trials=1, progress=False, echo=lines.append)
-    assert len(lines) == 1
-    assert lines[0].startswith("trial   0 complete score=")
-    assert all(f" {t}=" in lines[0] for t in "abcd")
+    assert len(lines) == 2
+    assert lines[0].startswith("single-task baselines for delta_m: trained once")
+    assert lines[1].startswith("trial   0 complete delta_m=")
+    assert all(f" {t}=" in lines[1] for t in "abcd")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -1,0 +1,180 @@
+"""Multi-objective search (quality against cost), hard budgets as Optuna trial constraints,
+the Pareto front in ``show``, exporting any member, and retraining an export over seeds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automtl import report
+from automtl.config import SearchConfig, parse_config
+from automtl.errors import ConfigError
+from automtl.export import export_trial
+from automtl.search import is_multi_objective, objective_names, pareto_front, run_search
+from tests.conftest import set_key, tiny_raw
+from tests.test_cli import run
+
+pytestmark = pytest.mark.slow  # real (tiny) searches
+
+N_TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, optuna.Study]:
+    """Δm against parameter count, TPE with a median pruner configured (it must not be used)."""
+    raw = tiny_raw(tmp_path_factory.mktemp("multi"))
+    raw["search"].update(n_trials=N_TRIALS, objective="delta_m", cost=["n_params", "flops"], pruner="median", sampler="tpe")
+    config = parse_config(raw)
+    return config, run_search(config, progress=False)
+
+
+def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    better = [x >= y if d == "maximize" else x <= y for x, y, d in zip(a, b, directions)]
+    strictly = [x > y if d == "maximize" else x < y for x, y, d in zip(a, b, directions)]
+    return all(better) and any(strictly)
+
+
+def test_objectives_are_quality_then_costs(multi: tuple[SearchConfig, optuna.Study]) -> None:
+    _, study = multi
+    assert is_multi_objective(study)
+    assert objective_names(study) == ["delta_m", "n_params", "flops"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    done = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(done) == N_TRIALS  # no trial pruned: Optuna has no pruning for multi-objective studies
+    assert isinstance(study.pruner, optuna.pruners.NopPruner)
+    for t in done:
+        assert t.values[1] == t.user_attrs["n_params"] == t.user_attrs["cost"]["n_params"]
+        assert t.values[2] == t.user_attrs["cost"]["flops"] > 0
+        assert len(t.user_attrs["history"]) == 2  # every epoch, first objective
+
+
+def test_pareto_front_is_exactly_the_non_dominated_trials(multi: tuple[SearchConfig, optuna.Study]) -> None:
+    _, study = multi
+    directions = ["maximize", "minimize", "minimize"]
+    done = study.get_trials(states=[TrialState.COMPLETE])
+    expected = {t.number for t in done if not any(_dominates(o.values, t.values, directions) for o in done)}
+    front = pareto_front(study)
+    assert {t.number for t in front} == expected and front
+    assert [t.values[-1] for t in front] == sorted(t.values[-1] for t in front)
+
+
+def test_show_prints_the_front_and_every_members_tree(multi: tuple[SearchConfig, optuna.Study]) -> None:
+    _, study = multi
+    text = report.format_study(study)
+    header = next(line for line in text.splitlines() if line.startswith("trial  state"))
+    assert header.split()[:6] == ["trial", "state", "delta_m", "n_params", "flops", "front"]
+    front = pareto_front(study)
+    assert f"Pareto front: {len(front)} of {N_TRIALS} trials" in text
+    for t in front:
+        assert f"trial {t.number} (delta_m " in text
+    starred = [line for line in text.splitlines() if line.split()[:2][1:] == ["complete"] and " * " in line]
+    assert len(starred) == len(front)
+    summary = report.format_summary(study)
+    assert f"Pareto front ({len(front)})" in summary
+
+
+def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
+    config, study = multi
+    front = pareto_front(study)
+    member = front[0]
+    metrics = export_trial(study, config.storage, tmp_path / "member", member.number)
+    assert metrics["trial"] == member.number and metrics["pareto_front"] and metrics["multi_objective"]
+    assert metrics["search_values"] == dict(zip(["delta_m", "n_params", "flops"], member.values))
+    assert metrics["val_delta_m"] == pytest.approx(member.values[0], abs=1e-9)  # same weights, same data
+    on_disk = json.loads((tmp_path / "member" / "metrics.json").read_text())
+    assert on_disk["selection"]["architecture"].startswith(f"trial {member.number}")
+    # the default is the member with the best quality objective
+    best_quality = max(front, key=lambda t: t.values[0])
+    assert export_trial(study, config.storage, tmp_path / "default")["trial"] == best_quality.number
+    off = [t for t in study.get_trials(states=[TrialState.COMPLETE]) if t.number not in {f.number for f in front}]
+    if off:
+        assert not export_trial(study, config.storage, tmp_path / "off", off[0].number)["pareto_front"]
+
+
+def test_budget_rejects_candidates_before_training(tmp_path: Path) -> None:
+    raw = tiny_raw(tmp_path)
+    # the tiny trees have about 690 to 1460 parameters: a budget of 1000 rejects some of them
+    raw["search"].update(n_trials=8, objective="mean_score", constraints={"max_params": 1000})
+    study = run_search(parse_config(raw), progress=False)
+    rejected = [t for t in study.trials if "over_budget" in t.user_attrs]
+    kept = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert rejected and kept, "the budget should reject some candidates and keep others"
+    for t in rejected:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["n_params"] > 1000 and "n_params" in t.user_attrs["over_budget"]
+        assert t.constraints["max_params"] == pytest.approx(t.user_attrs["n_params"] / 1000 - 1) and t.constraints["max_params"] > 0
+        assert "history" not in t.user_attrs and "weights_artifact" not in t.user_attrs  # never trained
+    for t in kept:
+        assert t.user_attrs["n_params"] <= 1000 and t.constraints["max_params"] <= 0
+    assert study.best_trial.user_attrs["n_params"] <= 1000
+
+
+def test_changed_cost_or_budget_is_refused_on_resume(multi: tuple[SearchConfig, optuna.Study]) -> None:
+    config, _ = multi
+    raw = dict(config.raw)
+    for key, value in (("search.cost", ["n_params"]), ("search.constraints", {"max_params": 10_000})):
+        changed = parse_config(set_key(json.loads(json.dumps(raw)), key, value))
+        with pytest.raises(ConfigError) as err:
+            run_search(changed, progress=False)
+        assert err.value.key == key
+
+
+def test_per_task_objectives(make_config: Callable[..., SearchConfig]) -> None:
+    study = run_search(make_config({"search.objective": "per_task", "search.n_trials": 2}), progress=False)
+    assert objective_names(study) == ["val a", "val b", "val c", "val d"]
+    for t in study.get_trials(states=[TrialState.COMPLETE]):
+        metrics = t.user_attrs["val_metrics"]
+        assert t.values[0] == pytest.approx(metrics["a"])  # auroc, maximized
+
+
+def test_weighted_objective(make_config: Callable[..., SearchConfig]) -> None:
+    study = run_search(make_config({"search.objective": {"weighted": {"a": 3, "c": 1}}, "search.n_trials": 1}), progress=False)
+    t = study.trials[0]
+    m = t.user_attrs["val_metrics"]
+    assert t.value == pytest.approx((3 * m["a"] + m["c"]) / 4)
+
+
+def test_export_retrains_over_seeds(multi: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
+    config, study = multi
+    member = pareto_front(study)[0]
+    metrics = export_trial(study, config.storage, tmp_path / "r", member.number, retrain_seeds=2)
+    retrain = metrics["retrain"]
+    assert retrain["seeds"] == 2 and retrain["n_params"] == member.user_attrs["n_params"]
+    for split in ("val", "test"):
+        for key in ("a", "b", "c", "d", "(mean_score)", "(delta_m %)"):
+            assert set(retrain[split][key]) == {"mean", "std"}
+    assert "seeds 0..1" in metrics["selection"]["retrain"]
+    assert "retrained on the train split with 2 seed(s)" in report.format_export(metrics, "r")
+    with pytest.raises(ValueError, match="retrain_seeds"):
+        export_trial(study, config.storage, tmp_path / "bad", member.number, retrain_seeds=-1)
+
+
+def test_cli_plot_and_export_trial(multi: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
+    config, study = multi
+    pytest.importorskip("matplotlib")
+    code, out, err = run("plot", "--storage", config.storage, "--out", str(tmp_path / "plots"))
+    assert code == 0, err
+    for name in ("history.png", "pareto.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f"picture: {tmp_path / 'plots' / name}" in out
+    member = pareto_front(study)[-1]
+    code, out, err = run("export", "--storage", config.storage, "--out", str(tmp_path / "e"), "--trial", str(member.number))
+    assert code == 0, err
+    assert f"exported trial {member.number} (on the Pareto front)" in out
+
+
+def test_plots_of_a_single_objective_study(searched: tuple[SearchConfig, Any], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from automtl.plots import plot_pareto, plot_study
+
+    _, study = searched
+    assert [p.name for p in plot_study(study, tmp_path)] == ["history.png"]
+    with pytest.raises(ValueError, match="one objective"):
+        plot_pareto(study, tmp_path / "p.png")
