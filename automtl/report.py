@@ -133,6 +133,10 @@ def format_summary(study: optuna.Study) -> str:
     if not front:
         return text + "; no complete (feasible) trial"
     names = objective_names(study)
+    if "delta_m" in names:
+        from automtl.metrics import DELTA_M_CONVENTION
+
+        text += f"\n{DELTA_M_CONVENTION}"
     if is_multi_objective(study):
         members = "; ".join(
             f"trial {t.number} (" + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values)) + ")" for t in front
@@ -162,6 +166,8 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
         f"(selected on validation; test read once, for this report)\n"
         + format_table(["task", "metric", "direction", "val", "test"], rows)
     )
+    if "val_delta_m" in metrics:
+        text += f"\n{metrics['delta_m_convention']}"
     retrain = metrics.get("retrain")
     if retrain:
         keys = [*tasks, "(mean_score)", *(["(delta_m %)"] if "(delta_m %)" in retrain["test"] else [])]

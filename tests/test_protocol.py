@@ -1,8 +1,8 @@
 """The evaluation protocol: a search reads training and validation data only.
 
 The test split of the data set below is sealed: touching its inputs, labels or masks raises.
-A search (with either objective, including training the single-task baselines for Δm) must
-complete on it; an export, which does read the test split, must trip the seal, which shows that
+A search (with every objective, including training the single-task baselines for Δm, and a
+multi-objective search with every cost and a budget) must complete on it; an export, which does read the test split, must trip the seal, which shows that
 the seal works.
 """
 
@@ -48,11 +48,13 @@ def sealed_data(**options: Any) -> MultiTaskData:
     return data
 
 
-def _config(tmp_path: Path, objective: str) -> automtl.SearchConfig:
+def _config(tmp_path: Path, objective: Any, **search: Any) -> automtl.SearchConfig:
     raw = tiny_raw(tmp_path)
     set_key(raw, "data.name", "tests.test_protocol:sealed_data")
     set_key(raw, "search.objective", objective)
     set_key(raw, "search.n_trials", 3)
+    for key, value in search.items():
+        set_key(raw, f"search.{key}", value)
     return automtl.parse_config(raw)
 
 
@@ -63,10 +65,19 @@ def test_sealed_split_trips_on_every_read() -> None:
             read()
 
 
+SEARCHES: list[tuple[Any, dict[str, Any]]] = [
+    ("mean_score", {}),
+    ("delta_m", {}),
+    ({"weighted": {"a": 1, "d": 2}}, {}),
+    ("per_task", {}),
+    ("delta_m", {"cost": ["n_params", "flops", "latency_ms"], "constraints": {"max_params": 100_000}}),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["mean_score", "delta_m"])
-def test_search_never_reads_test_labels(tmp_path: Path, objective: str) -> None:
-    config = _config(tmp_path, objective)
+@pytest.mark.parametrize(("objective", "search"), SEARCHES, ids=[f"{o}-{sorted(s)}" for o, s in SEARCHES])
+def test_search_never_reads_test_labels(tmp_path: Path, objective: Any, search: dict[str, Any]) -> None:
+    config = _config(tmp_path, objective, **search)
     study = automtl.run_search(config, progress=False)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 3, [t.user_attrs for t in study.trials]
