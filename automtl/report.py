@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automtl.metrics import METRICS
 from automtl.tree import BranchTree
 
-__all__ = ["format_export", "format_pareto", "format_registry", "format_study", "format_summary", "format_table"]
+__all__ = ["format_export", "format_number", "format_pareto", "format_registry", "format_study", "format_summary", "format_table"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -31,6 +31,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in text]
     return "\n".join(lines)
+
+
+def format_number(v: float) -> str:
+    """A count (parameters, FLOPs) in full; any other value with 4 significant digits."""
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 100 else f"{v:.4g}"
 
 
 def _values(t: FrozenTrial, n: int) -> list[float | int | None]:
@@ -116,7 +121,7 @@ def format_pareto(study: optuna.Study, front: Sequence[FrozenTrial]) -> str:
     ]
     for t in front:
         tree = BranchTree.from_dict(t.user_attrs["candidate"]["tree"])
-        values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values))
+        values = ", ".join(f"{n} {format_number(v)}" for n, v in zip(names, t.values))
         lines.append(f"trial {t.number} ({values}):\n{tree.render()}")
     return "\n\n".join(lines)
 
@@ -139,7 +144,7 @@ def format_summary(study: optuna.Study) -> str:
         text += f"\n{DELTA_M_CONVENTION}"
     if is_multi_objective(study):
         members = "; ".join(
-            f"trial {t.number} (" + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values)) + ")" for t in front
+            f"trial {t.number} (" + ", ".join(f"{n} {format_number(v)}" for n, v in zip(names, t.values)) + ")" for t in front
         )
         return text + f"\nPareto front ({len(front)}): {members}\n'automtl show' draws each member's tree"
     best = front[0]

@@ -57,6 +57,7 @@ from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
 from automtl.fixed import single_task_baseline
 from automtl.objectives import ObjectiveSpec
+from automtl.report import format_number
 from automtl.space import SearchSpace
 from automtl.train import EpochResult, fit, seed_everything
 
@@ -264,7 +265,7 @@ def _trial_line(trial: FrozenTrial, names: Sequence[str]) -> str:
     if trial.values is None:
         value = "-"
     else:
-        value = " ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
+        value = " ".join(f"{n}={format_number(v)}" for n, v in zip(names, trial.values))
     reason = trial.user_attrs.get("fail_reason", "") or trial.user_attrs.get("over_budget", "")
     return (
         f"trial {trial.number:>3} {trial.state.name.lower():>8} {value} "
