@@ -32,7 +32,6 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,20 +51,31 @@ from automtl.balance import BALANCERS, StepContext, create_balancer
 from automtl.build import BranchedNet
 from automtl.train import task_losses
 from automtl.tree import BranchTree
+from benchmarks.results_md import machine, write_section
 
 SECTION = "## Balancing cost"
 NOTES = """Reading the table:
 
-- The CPU is shared with other jobs: ratios move by about +-0.05 between runs, most on the STAR MLP,
-  whose ~4 ms step makes a fixed 0.2 ms of per-step bookkeeping show as 1.05x.
-- `representation` mode under `hps` costs one backward pass in all (each task's gradient of the
-  shared representation is captured from its head during that pass); the rest of its cost is the
-  aggregator's own computation. In the `branched` tree, each
-  task needs its own backward pass through its group's blocks down to the trunk's output, and the
-  trunk's representation is large (a 8x14x14 feature map per sample for the CNN): 1.7-2.9x there.
-- Nash-MTL, CAGrad and FairGrad spend their time in their solvers (cvxpy/ECOS, cvxpy/Clarabel,
-  scipy), per shared segment and step: Nash-MTL's `update_weights_every` (searched in [1, 20])
-  amortises its solve.
+- The CPU is shared with other jobs (the load average is in the machine line): ratios move by about
+  +-0.05 between runs, most on the STAR MLP, whose ~4 ms step makes a fixed 0.2 ms of per-step
+  bookkeeping show as 1.05x.
+- `representation` mode runs one backward pass of the summed losses in which a hook on each shared
+  segment's output replaces the incoming gradient by the aggregate of the per-task gradients there
+  (`automtl/balance/_representation.py`). Per-task gradients below the deepest shared outputs are
+  captured from the heads during that pass; where a shared segment sits below another (the
+  `branched` trees: the trunk, then a group's blocks, then a smaller group's), each task's gradient
+  at the upper output costs one input-only vector-Jacobian product through the lower segment's
+  blocks. That product is the floor of the exact method: on the quickstart CNN it is two 3x3
+  convolutions with BatchNorm per task (11 tasks), about 1 ms each on one core.
+- MGDA, CAGrad, FairGrad and ConFIG compute their weights from the tasks' Gramian in NumPy/SciPy
+  (`automtl/balance/_gram_solvers.py`: the same problems, checked against torchjd in the tests):
+  MGDA's Frank-Wolfe loop; CAGrad's dual by SLSQP with exact gradient and warm start (torchjd
+  rebuilds a cvxpy problem at every call); FairGrad's least squares with exact Jacobian and warm
+  start; ConFIG's pseudo-inverse on the `m x m` Gramian instead of the `[m, n]` gradients.
+- Nash-MTL keeps torchjd's solver (cvxpy/ECOS, up to 20 convex programs per solve, per shared
+  segment and step): over 2x wherever it solves every step. Its `update_weights_every` (official
+  code default 1; searched in [1, 20]) amortises the solve, as an approximation. GradVac and
+  GradDrop are bound by their own loops and element-wise work over the rows.
 - `full` mode needs one backward pass per task through all shared parameters (3-5x; more with a
   solver)."""
 
@@ -219,30 +229,6 @@ def goals(configs: list[Config]) -> list[str]:
     return missed
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), Python {platform.python_version()}"
-
-
-def write_section(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[nxt + 1 :] if nxt >= 0 else "\n")
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=25, help="timed steps per configuration (median taken)")
@@ -260,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {s for s in args.only.split(",") if s} or None
     setups = [s for s in SETUPS if s.name in set(args.setups.split(","))]
     started = time.time()
+    load_before = f"{os.getloadavg()[0]:.1f}"
     configs, batches = build(setups, only, set(args.trees.split(",")))
     run(configs, batches, args.rounds, args.warmup)
     command = "python benchmarks/balancing_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -275,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "",
             f"- command: `{command.strip()}`",
-            f"- machine: {machine()}; CPU only",
+            f"- machine: {machine()}; load average before the run {load_before}, after {os.getloadavg()[0]:.1f} (1 min)",
             f"- date: {datetime.date.today().isoformat()}; run time {time.time() - started:.0f} s",
             (
                 "- networks: quickstart CNN = `small_cnn` (8/16/32 channels, hidden 32) on `fashion_scenes`, 11 "
@@ -295,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write:
-        write_section(text, ROOT / "benchmarks" / "RESULTS.md")
+        write_section(text)
     return 0
 
 

@@ -16,13 +16,12 @@ two modes, chosen by its ``mode`` hyperparameter (the search may choose it too):
     deepest block, ``[N, ...]``), flattened to ``J_z`` ``[m, N·d]``; then back-propagate the
     aggregate ``a = A(J_z)`` through the segment, ``∇θ = (∂z/∂θ)ᵀ a``. For an aggregator that
     weights rows (``A(J) = wᵀJ``), the segment receives ``Σ_t w_t ∇θ L_t``: exactly a weighted
-    combination of its tasks' gradients, with the weights chosen on ``z``. Cost: when every
-    shared segment reaches the last block (hard parameter sharing, or trees that split only
-    at the root), each task's gradient of ``z`` flows through its own head alone and all of
-    them are captured in one backward pass (:mod:`automtl.balance._rows`); otherwise one
-    backward pass per task from its loss down to the shallowest shared representation on its
-    path (through the blocks of its group, but not the trunk's parameters). Then one backward
-    pass per segment, from ``a`` into its parameters.
+    combination of its tasks' gradients, with the weights chosen on ``z``. Cost
+    (:mod:`automtl.balance._representation`): one backward pass of ``Σ_t L_t`` in which a hook
+    on each ``z`` swaps the incoming gradient for ``a``; each task's gradient of the deepest
+    shared ``z`` on its path is captured from its head during that pass, and its gradient of a
+    shallower ``z`` costs one input-only vector-Jacobian product through the shared blocks in
+    between. The per-task gradients are exact, not approximated.
 
 In both modes a head, and any block used by one active task, receives its task's plain
 gradient; a group with no active task receives nothing.
@@ -45,8 +44,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from automtl.balance._base import Balancer, HParam, StepContext
-from automtl.balance._rows import RowCapture
-from automtl.balance._tree import Segment, block_of, features_by_key, segments
+from automtl.balance._representation import representation_backward
+from automtl.balance._tree import Segment, features_by_key, segments
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -139,6 +138,16 @@ class GradientAggregation(Balancer):
     def make_aggregator(self, n_tasks: int) -> Aggregator:
         """A new torchjd aggregator for ``n_tasks`` rows."""
 
+    #: The subclass computes its row weights from the Gramian alone, in :meth:`gramian_weights`.
+    solves_on_gramian: ClassVar[bool] = False
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        """Row weights ``[m]`` (a float64 NumPy array) from the Gramian ``G = J Jᵀ`` ``[m, m]``
+        (float64 NumPy), for subclasses that set :attr:`solves_on_gramian`; ``None`` to fall
+        back on the torchjd aggregator. Such a subclass solves the same problem as its torchjd
+        aggregator, in a few NumPy operations (see :mod:`automtl.balance._gram_solvers`)."""
+        return None
+
     # ------------------------------------------------------------------ aggregation
     def _aggregator(self, tasks: tuple[str, ...], n_cols: int) -> Aggregator:
         key: tuple[Any, ...] = (tasks, n_cols) if self.column_state else (tasks,)
@@ -153,10 +162,13 @@ class GradientAggregation(Balancer):
         Returns:
             The aggregate ``[n]`` and, for aggregators that weight rows, the weights ``[m]``.
         """
-        weighted = torchjd_aggregation().WeightedAggregator
-        agg = self._aggregator(tasks, matrix.shape[1])
         weights: torch.Tensor | None = None
-        if isinstance(agg, weighted):
+        gram = (matrix @ matrix.T).detach().to("cpu", torch.float64).numpy() if self.solves_on_gramian else None
+        solved = None if gram is None else self.gramian_weights(tasks, gram)
+        if solved is not None:
+            weights = torch.from_numpy(solved).to(matrix.device, matrix.dtype)
+            vector = weights @ matrix
+        elif isinstance(agg := self._aggregator(tasks, matrix.shape[1]), torchjd_aggregation().WeightedAggregator):
             weights = agg.weighting(matrix)
             vector = weights.to(matrix.dtype) @ matrix
         else:
@@ -220,87 +232,18 @@ class GradientAggregation(Balancer):
         self, losses: Mapping[str, torch.Tensor], segs: list[Segment], ctx: StepContext
     ) -> list[tuple[tuple[str, ...], torch.Tensor | None]]:
         features = features_by_key(ctx.extra.get("features"))
-        shared = [s for s in segs if len(s.tasks) > 1]
-        outputs: dict[int, torch.Tensor] = {}
-        for i, seg in enumerate(shared):
+        outputs = []
+        for seg in segs:
+            if len(seg.tasks) < 2:
+                continue
             if seg.out_key is None or seg.out_key not in features:
                 raise ValueError(
                     f"{type(self).__name__}(mode='representation') needs the output of node "
                     f"'{seg.out_key}' in ctx.extra['features'] ({{Node: tensor}}, as automtl.train.fit "
                     "passes it); use mode='full' otherwise"
                 )
-            outputs[i] = features[seg.out_key]
-        rows: dict[int, dict[str, torch.Tensor]] = {i: {} for i in outputs}
-        if not self._rows_in_one_pass(losses, segs, shared, outputs, ctx, rows):
-            self._rows_per_task(losses, segs, shared, outputs, rows)
-        reported = []
-        for i, seg in enumerate(shared):
-            z = outputs[i]
-            matrix = torch.stack([rows[i][t].reshape(-1) for t in seg.tasks])
-            vector, w = self.aggregate(seg.tasks, matrix)
-            got = torch.autograd.grad(
-                z, seg.params, grad_outputs=vector.view_as(z), retain_graph=i < len(shared) - 1, allow_unused=True
-            )
-            for p, g in zip(seg.params, got):
-                _accumulate(p, g)
-            reported.append((seg.tasks, w))
-        return reported
-
-    @staticmethod
-    def _rows_in_one_pass(
-        losses: Mapping[str, torch.Tensor],
-        segs: list[Segment],
-        shared: list[Segment],
-        outputs: dict[int, torch.Tensor],
-        ctx: StepContext,
-        rows: dict[int, dict[str, torch.Tensor]],
-    ) -> bool:
-        """When every shared segment ends at the last block (hard sharing, or trees whose
-        shared parts all reach the heads), each task's gradient of its segment's output flows
-        through its own head only: capture them all in one backward pass (see
-        :mod:`automtl.balance._rows`), with the plain gradients of the single-task parameters."""
-        blocks = [b for b in (block_of(g.key) for g in ctx.param_groups) if b is not None]
-        last = max(blocks, default=-1)
-        if not shared or any(block_of(seg.out_key or "") != last for seg in shared):
-            return False
-        z_of_task = {t: outputs[i] for i, seg in enumerate(shared) for t in seg.tasks}
-        capture = RowCapture.create(losses, z_of_task)
-        if capture is None:
-            return False
-        own = [p for seg in segs if len(seg.tasks) == 1 for p in seg.params]
-        total = torch.stack(list(losses.values())).sum()
-        with capture:
-            got = torch.autograd.grad(total, own + list(outputs.values()), retain_graph=True, allow_unused=True)
-        for p, g in zip(own, got[: len(own)]):
-            _accumulate(p, g)
-        for i, seg in enumerate(shared):
-            for t in seg.tasks:
-                row = capture.rows.get(t)
-                rows[i][t] = torch.zeros_like(outputs[i]) if row is None else row
-        return True
-
-    @staticmethod
-    def _rows_per_task(
-        losses: Mapping[str, torch.Tensor],
-        segs: list[Segment],
-        shared: list[Segment],
-        outputs: dict[int, torch.Tensor],
-        rows: dict[int, dict[str, torch.Tensor]],
-    ) -> None:
-        """One backward pass per task: down to the shallowest shared representation on its
-        path, capturing its gradient of every shared representation on the way, plus the plain
-        gradient of the parameters only it uses."""
-        for t, loss in losses.items():
-            reps = [i for i, seg in enumerate(shared) if t in seg.tasks]
-            own = [p for seg in segs if seg.tasks == (t,) for p in seg.params]
-            inputs = [outputs[i] for i in reps] + own
-            if not inputs:
-                continue
-            got = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-            for i, g in zip(reps, got[: len(reps)]):
-                rows[i][t] = torch.zeros_like(outputs[i]) if g is None else g
-            for p, g in zip(own, got[len(reps) :]):
-                _accumulate(p, g)
+            outputs.append(features[seg.out_key])
+        return representation_backward(losses, segs, outputs, self.aggregate)
 
 
 def _flat(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ weighting.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from automtl.balance._aggregation import (
     GradientAggregation,
@@ -24,6 +24,12 @@ from automtl.balance._aggregation import (
     torchjd_aggregation,
 )
 from automtl.balance._base import HParam, register_balancer
+from automtl.balance._gram_solvers import (
+    cagrad_weights,
+    config_weights,
+    fairgrad_weights,
+    mgda_weights,
+)
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -87,9 +93,15 @@ class MGDA(GradientAggregation):
 
     paper = "Sener, Koltun. Multi-task learning as multi-objective optimization. NeurIPS 2018, Alg. 2 (MGDA-UB: eq. 5)"
     hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+    solves_on_gramian = True
 
     def make_aggregator(self, n_tasks: int) -> Aggregator:
         return torchjd_aggregation().MGDA()
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        """The Frank-Wolfe iteration of torchjd's ``MGDAWeighting`` (same start, steps and
+        stopping rule), in NumPy (:func:`automtl.balance._gram_solvers.mgda_weights`)."""
+        return mgda_weights(gram)
 
 
 @register_balancer("pcgrad")
@@ -118,33 +130,50 @@ class CAGrad(GradientAggregation):
 
     ``d = g_0 + (√φ / ‖g_w‖) g_w`` with ``g_0`` the mean gradient, ``φ = c² ‖g_0‖²`` and
     ``w = argmin_{w ∈ Δ_m} g_wᵀ g_0 + √φ ‖g_w‖`` (Liu et al., "Conflict-averse gradient descent
-    for multi-task learning", NeurIPS 2021, Alg. 1). Uses torchjd's ``CAGrad`` (cvxpy solver:
-    ``pip install 'automtl[cagrad]'``).
+    for multi-task learning", NeurIPS 2021, Alg. 1; the dual problem is their eq. 3). The
+    problem depends on the gradients only through ``G``: it is solved on ``G`` by SciPy's
+    SLSQP, as in the official code, with the exact gradient and warm-started from the last
+    solution of the same task set (:func:`automtl.balance._gram_solvers.cagrad_weights`;
+    torchjd's ``CAGrad`` solves the same problem with cvxpy, rebuilt at every call, 5-10 ms).
+    As in torchjd, ``d`` is not divided by ``1 + c²`` (the official code's ``rescale=1``):
+    with an adaptive optimizer the scale of ``d`` matters little.
 
     Args:
         tasks: Every task name.
         mode: ``"full"`` or ``"representation"`` (searched: both).
         c: Radius of the ball around the mean gradient, ``c ≥ 0`` (``c = 0``: the mean
-            gradient). Default 0.4 and searched in [0.1, 0.9]: the paper's range for ``c < 1``,
-            under which CAGrad converges to a stationary point of the mean loss (§3).
+            gradient). Default 0.4, the official code's default (``--c``, nash-mtl and CAGrad
+            repositories) and the paper's value for NYUv2/Cityscapes; searched in [0.1, 0.9],
+            ``c < 1``, under which CAGrad converges to a stationary point of the mean loss
+            (§3.2, Theorem 3.2).
+
+    Raises:
+        ValueError: ``c < 0`` or an unknown mode.
     """
 
     paper = "Liu, Liu, Jin, Stone, Liu. Conflict-averse gradient descent for multi-task learning. NeurIPS 2021, Alg. 1"
     hyperparameters: ClassVar[Mapping[str, HParam]] = {
         "mode": _mode_hparam(),
-        "c": HParam(default=0.4, low=0.1, high=0.9, doc="ball radius around the mean gradient; paper: c < 1"),
+        "c": HParam(default=0.4, low=0.1, high=0.9, doc="ball radius around the mean gradient; official default 0.4; c < 1"),
     }
-    requires = ("cvxpy", "clarabel")
-    install_hint = "pip install 'automtl[cagrad]'"
+    requires = ("scipy",)
+    install_hint = "pip install scipy"
+    solves_on_gramian = True
 
     def __init__(self, tasks: Sequence[str], mode: str = "full", c: float = 0.4) -> None:
         if not c >= 0:
             raise ValueError(f"CAGrad c must be >= 0, got {c}")
         super().__init__(tasks, mode)
         self.c = float(c)
+        self._warm: dict[tuple[str, ...], Any] = {}
 
-    def make_aggregator(self, n_tasks: int) -> Aggregator:
+    def make_aggregator(self, n_tasks: int) -> Aggregator:  # pragma: no cover - gramian_weights is used
         return torchjd_aggregation().CAGrad(c=self.c)
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        weights = cagrad_weights(gram, self.c, previous=self._warm.get(tasks))
+        self._warm[tasks] = _simplex_part(weights, len(tasks))
+        return weights
 
 
 @register_balancer("nash_mtl")
@@ -159,15 +188,17 @@ class NashMTL(GradientAggregation):
     Args:
         tasks: Every task name.
         mode: ``"full"`` or ``"representation"`` (searched: both).
-        update_weights_every: Solve for ``α`` every this many steps and reuse it in between
-            (official code: 1). Searched in [1, 20]: solving less often is the paper's
-            speed/fidelity trade-off for its costly solver.
+        update_weights_every: Solve for ``α`` every this many steps and reuse it in between.
+            Default 1, the official code's (``--update-weights-every``, whose help reads
+            "update task weights every x iterations"); larger values are an approximation
+            (``α`` is stale for up to ``k − 1`` steps) that the official code offers for speed,
+            not a setting the paper's experiments report. Searched in [1, 20].
     """
 
     paper = "Navon et al. Multi-task learning as a bargaining game. ICML 2022, Alg. 1"
     hyperparameters: ClassVar[Mapping[str, HParam]] = {
         "mode": _mode_hparam(),
-        "update_weights_every": HParam(default=1, low=1, high=20, doc="steps between solves; official code: 1"),
+        "update_weights_every": HParam(default=1, low=1, high=20, doc="steps between solves (k > 1 approximates); official code: 1"),
     }
     requires = ("cvxpy", "ecos")
     install_hint = "pip install 'automtl[nash]'"
@@ -329,7 +360,9 @@ class ConFIG(GradientAggregation):
 
     ``d = (Σ_i g_i · u) u`` with ``u = ũ/‖ũ‖``, ``ũ = U⁺ 1`` the pseudo-inverse of the unit
     gradients' matrix ``U`` applied to ones (Liu et al., "ConFIG: towards conflict-free training
-    of physics informed neural networks", ICLR 2025, eq. 2).
+    of physics informed neural networks", ICLR 2025, eq. 2). ``d`` lies in the span of the
+    rows, so it is computed as ``βᵀ J`` with ``β`` from the Gramian (see
+    :func:`automtl.balance._gram_solvers.config_weights`), which avoids an SVD of ``J``.
 
     Args:
         tasks: Every task name.
@@ -338,9 +371,15 @@ class ConFIG(GradientAggregation):
 
     paper = "Liu, Chu, Thuerey. ConFIG: towards conflict-free training of physics informed neural networks. ICLR 2025, eq. 2"
     hyperparameters: ClassVar[Mapping[str, HParam]] = {"mode": _mode_hparam()}
+    solves_on_gramian = True
 
-    def make_aggregator(self, n_tasks: int) -> Aggregator:
+    def make_aggregator(self, n_tasks: int) -> Aggregator:  # pragma: no cover - gramian_weights is used
         return torchjd_aggregation().ConFIG()
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        """torchjd's ``ConFIG`` direction, written as row weights computed from ``G`` alone
+        (:func:`automtl.balance._gram_solvers.config_weights`)."""
+        return config_weights(gram)
 
 
 @register_balancer("fairgrad")
@@ -348,9 +387,11 @@ class FairGrad(GradientAggregation):
     """FairGrad: α-fair allocation of the loss decrease among tasks.
 
     ``d = Σ_t w_t g_t`` with ``w`` solving ``G w = w^{−1/α}`` (element-wise; Ban and Ji, "Fair
-    resource allocation in multi-task learning", ICML 2024, eq. 4), solved by least squares
-    (scipy). ``α → 0`` approaches the mean gradient, ``α = 1`` proportional fairness
-    (Nash-MTL's), ``α → ∞`` max-min fairness.
+    resource allocation in multi-task learning", ICML 2024, eq. 4), solved, as in the official
+    code and torchjd, by SciPy's bounded least squares on the residual ``G w − w^{−1/α}``, here
+    with its exact Jacobian and warm-started from the last solution of the same task set
+    (:func:`automtl.balance._gram_solvers.fairgrad_weights`). ``α → 0`` approaches the mean
+    gradient, ``α = 1`` proportional fairness (Nash-MTL's), ``α → ∞`` max-min fairness.
 
     Args:
         tasks: Every task name.
@@ -365,15 +406,29 @@ class FairGrad(GradientAggregation):
     }
     requires = ("scipy",)
     install_hint = "pip install scipy"
+    solves_on_gramian = True
 
     def __init__(self, tasks: Sequence[str], mode: str = "full", alpha: float = 1.0) -> None:
         if not alpha > 0:
             raise ValueError(f"FairGrad alpha must be > 0, got {alpha}")
         super().__init__(tasks, mode)
         self.alpha = float(alpha)
+        self._warm: dict[tuple[str, ...], Any] = {}
 
-    def make_aggregator(self, n_tasks: int) -> Aggregator:
+    def make_aggregator(self, n_tasks: int) -> Aggregator:  # pragma: no cover - gramian_weights is used
         return torchjd_aggregation().FairGrad(alpha=self.alpha)
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        weights = fairgrad_weights(gram, self.alpha, previous=self._warm.get(tasks))
+        self._warm[tasks] = weights
+        return weights
+
+
+def _simplex_part(cagrad: Any, m: int) -> Any:
+    """CAGrad's ``w*`` (on the simplex) back from its row weights ``1/m + s w*``, for a warm start."""
+    w = cagrad - 1.0 / m
+    total = w.sum()
+    return None if not total > 0 else w / total
 
 
 @register_balancer("excess_mtl")

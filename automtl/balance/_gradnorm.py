@@ -53,7 +53,10 @@ class GradNorm(Balancer):
             sweep covers [0, 3]; default 1.5 (its NYUv2 value), searched in [0, 3].
         lr: Step size of the weights' own Adam, so that their speed does not depend on the
             network's learning rate. Default 0.025, searched in [0.001, 0.1] (log).
-        mode: ``"full"`` or ``"representation"`` (see above; searched: both).
+        mode: ``"full"`` or ``"representation"`` (see above; searched: both). The default
+            stays ``"full"``: the paper defines ``G_t`` on the weights of the last shared
+            layer (§3.2) and never on activations; ``"representation"`` (LibMTL's
+            ``rep_grad``) is the cheaper variant, offered but not the default.
 
     Raises:
         ValueError: ``alpha < 0``, ``lr <= 0`` or an unknown mode.
