@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from automtl.balance import Balancer, StepContext
@@ -144,6 +145,33 @@ def task_losses(net: BranchedNet, batch: Split, outputs: Mapping[str, torch.Tens
     return losses
 
 
+def _epoch_means(
+    step_tasks: Sequence[tuple[str, ...]],
+    step_losses: Sequence[torch.Tensor],
+    step_weights: Sequence[Mapping[str, float]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each task's mean loss and mean weight over the steps where it was labelled.
+
+    Args:
+        step_tasks: Per step, the tasks labelled in it, in the order of ``step_losses``' entries.
+        step_losses: Per step, the detached losses of those tasks, ``[len(step_tasks[i])]``.
+        step_weights: Per step, the balancer's weights (a task it left out counts as NaN).
+    """
+    # losses are summed in float32, step by step, as the per-step tensors would add up
+    values = torch.cat(step_losses).cpu().numpy() if step_losses else np.zeros(0, dtype=np.float32)
+    sums: dict[str, np.float32] = {}
+    counts: dict[str, int] = {}
+    weight_sums: dict[str, float] = {}
+    i = 0
+    for tasks, weights in zip(step_tasks, step_weights):
+        for t in tasks:
+            sums[t] = sums[t] + values[i] if t in sums else values[i]
+            counts[t] = counts.get(t, 0) + 1
+            weight_sums[t] = weight_sums.get(t, 0.0) + weights.get(t, float("nan"))
+            i += 1
+    return {t: float(sums[t]) / counts[t] for t in sums}, {t: weight_sums[t] / counts[t] for t in weight_sums}
+
+
 def fit(
     net: BranchedNet,
     data: MultiTaskData,
@@ -182,9 +210,11 @@ def fit(
     for epoch in range(config.epochs):
         start = time.perf_counter()
         net.train()
-        loss_sums: dict[str, torch.Tensor] = {}
-        loss_counts: dict[str, int] = {}
-        weight_sums: dict[str, float] = {}
+        # per step: the labelled tasks, their detached losses and their weights; reduced once at
+        # the epoch's end, so the step itself does no per-task tensor arithmetic and no sync
+        step_tasks: list[tuple[str, ...]] = []
+        step_losses: list[torch.Tensor] = []
+        step_weights: list[Mapping[str, float]] = []
         for batch in train.batches(config.batch_size, shuffle=True, generator=generator):
             if on_batch is not None:
                 on_batch(BatchContext(net, optimizer, batch, epoch, step))
@@ -200,12 +230,11 @@ def fit(
             ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features})
             weights = balancer.backward(losses, ctx)
             optimizer.step()
-            for i, t in enumerate(losses):
-                loss_sums[t] = loss_sums.get(t, 0.0) + stacked[i]  # type: ignore[assignment,operator]
-                loss_counts[t] = loss_counts.get(t, 0) + 1
-                weight_sums[t] = weight_sums.get(t, 0.0) + weights.get(t, float("nan"))
+            step_tasks.append(tuple(losses))
+            step_losses.append(stacked)
+            step_weights.append(dict(weights))
             step += 1
-        mean_losses = {t: float(loss_sums[t]) / loss_counts[t] for t in loss_sums}
+        mean_losses, mean_weights = _epoch_means(step_tasks, step_losses, step_weights)
         balancer.on_epoch_end(epoch, mean_losses)
         val_metrics = evaluate(net, val, net.tasks, config.eval_batch_size)
         result = EpochResult(
@@ -214,7 +243,7 @@ def fit(
             val_metrics=val_metrics,
             val_score=aggregate_score(val_metrics, net.tasks),
             seconds=time.perf_counter() - start,
-            weights={t: weight_sums[t] / loss_counts[t] for t in weight_sums},
+            weights=mean_weights,
         )
         history.append(result)
         if on_epoch is not None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import pytest
 import torch
 
 from automtl.backbones import Backbone
-from automtl.balance import create_balancer
+from automtl.balance import EqualWeighting, StepContext, create_balancer
 from automtl.build import BranchedNet, build_model
 from automtl.data import MultiTaskData
 from automtl.errors import NonFiniteLossError
@@ -17,13 +18,14 @@ from automtl.train import (
     BatchContext,
     EpochResult,
     TrainConfig,
+    _epoch_means,
     evaluate,
     fit,
     predict,
     seed_everything,
 )
 from automtl.tree import BranchTree
-from tests.helpers import NAN_LOSS
+from tests.helpers import NAN_LOSS, tiny_data
 
 TREE = BranchTree(["a", "b", "c", "d"], [[["a", "b", "c", "d"]], [["a", "b"], ["c", "d"]], [["a", "b"], ["c"], ["d"]]])
 
@@ -168,3 +170,55 @@ def test_evaluate_and_predict(data: MultiTaskData, backbone: Backbone) -> None:
     assert metrics == pytest.approx(evaluate(net, data.val, data.tasks), abs=1e-6)  # nor does batching
     hidden = dataclasses.replace(data.val, mask={**data.val.mask, "c": torch.zeros(len(data.val), dtype=torch.bool)})
     assert math.isnan(evaluate(net, hidden, data.tasks)["c"])
+
+
+class _RecordingEqual(EqualWeighting):
+    """Equal weighting that records every step's losses, and returns a weight that changes per step
+    in one dict it mutates in place (a balancer may reuse its return value)."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__(tasks)
+        self.steps: list[tuple[int, dict[str, float], dict[str, float]]] = []
+        self._weights: dict[str, float] = {}
+
+    def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        super().backward(losses, ctx)
+        self._weights.clear()
+        self._weights.update({t: float(ctx.step + i) for i, t in enumerate(losses)})
+        self.steps.append((ctx.epoch, {t: float(v.detach()) for t, v in losses.items()}, dict(self._weights)))
+        return self._weights
+
+
+def _float32_mean(values: list[float]) -> float:
+    total = torch.tensor(values[0], dtype=torch.float32)
+    for v in values[1:]:
+        total = total + torch.tensor(v, dtype=torch.float32)
+    return float(total) / len(values)
+
+
+def test_epoch_means_cover_the_steps_where_each_task_was_labelled(backbone: Backbone) -> None:
+    # task 'd' has only 6 labelled training samples, so most batches of 16 lack it; 'c' has none
+    data = tiny_data(hide={"train": ["c"]})
+    data.train.mask["d"] = torch.arange(len(data.train)) < 6
+    balancer = _RecordingEqual(data.task_names)
+    history = fit(_net(data, backbone), data, balancer, TrainConfig(epochs=2, batch_size=16)).history
+    for result in history:
+        steps = [(losses, weights) for epoch, losses, weights in balancer.steps if epoch == result.epoch]
+        labelled = {t: [losses[t] for losses, _ in steps if t in losses] for t in data.task_names}
+        assert 0 < len(labelled["d"]) < len(steps) and labelled["c"] == []
+        assert set(result.train_losses) == set(result.weights) == {"a", "b", "d"}
+        for t in ("a", "b", "d"):
+            assert result.train_losses[t] == _float32_mean(labelled[t])  # float32 sum, step by step
+            expected = [w[t] for losses, w in steps if t in losses]
+            assert result.weights[t] == pytest.approx(sum(expected) / len(expected))
+
+
+def test_epoch_means_count_a_weight_the_balancer_left_out_as_nan() -> None:
+    losses, weights = _epoch_means(
+        [("a", "b"), ("b",)],
+        [torch.tensor([1.0, 2.0]), torch.tensor([4.0])],
+        [{"a": 0.5, "b": 1.0}, {}],
+    )
+    assert losses == {"a": 1.0, "b": 3.0}
+    assert weights["a"] == 0.5 and math.isnan(weights["b"])
+    assert _epoch_means([], [], []) == ({}, {})
