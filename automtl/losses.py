@@ -65,6 +65,7 @@ def masked_loss(task: TaskSpec, output: torch.Tensor, target: torch.Tensor, mask
         A scalar tensor, or ``None`` when no sample of the batch is labelled (the task then
         takes no part in this step).
     """
-    if not bool(mask.any()):
+    index = mask.nonzero().squeeze(1)  # one host sync, shared by both selections
+    if index.numel() == 0:
         return None
-    return LOSSES.get(task.loss)(output[mask], target[mask]).mean()
+    return LOSSES.get(task.loss)(output.index_select(0, index), target.index_select(0, index)).mean()
