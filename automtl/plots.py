@@ -80,6 +80,9 @@ def plot_history(study: optuna.Study, path: str | os.PathLike[str]) -> Path:
         ys.append(best)
     ax.step(xs, ys, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{names[0]} on validation (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")

@@ -67,7 +67,18 @@ def format_study(study: optuna.Study, top: int = 0) -> str:
         for name in t.user_attrs.get("val_metrics", {}):
             if name not in task_names:
                 task_names.append(name)
-    headers = ["trial", "state", *names, *(["front"] if multi else []), "balancer", "params", "tree", *task_names, "note"]
+    params_column = "n_params" not in names  # else it is already an objective column
+    headers = [
+        "trial",
+        "state",
+        *names,
+        *(["front"] if multi else []),
+        "balancer",
+        *(["params"] if params_column else []),
+        "tree",
+        *task_names,
+        "note",
+    ]
     rows = []
     for t in trials:
         vm = t.user_attrs.get("val_metrics", {})
@@ -79,7 +90,7 @@ def format_study(study: optuna.Study, top: int = 0) -> str:
                 *_values(t, len(names)),
                 *(["*" if t.number in on_front else ""] if multi else []),
                 t.params.get("balancer", "-"),
-                t.user_attrs.get("n_params"),
+                *([t.user_attrs.get("n_params")] if params_column else []),
                 t.user_attrs.get("tree", "-"),
                 *(vm.get(n) for n in task_names),
                 note,

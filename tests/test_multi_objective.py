@@ -68,7 +68,7 @@ def test_show_prints_the_front_and_every_members_tree(multi: tuple[SearchConfig,
     _, study = multi
     text = report.format_study(study)
     header = next(line for line in text.splitlines() if line.startswith("trial  state"))
-    assert header.split()[:6] == ["trial", "state", "delta_m", "n_params", "flops", "front"]
+    assert header.split()[:8] == ["trial", "state", "delta_m", "n_params", "flops", "front", "balancer", "tree"]
     front = pareto_front(study)
     assert f"Pareto front: {len(front)} of {N_TRIALS} trials" in text
     for t in front:
