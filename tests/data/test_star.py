@@ -111,3 +111,23 @@ def test_random_split_partitions_rows() -> None:
     assert all(np.array_equal(rows[s], again[s]) for s in rows)
     with pytest.raises(DataError, match="every split needs at least one"):
         random_split(3, val_fraction=0.1, test_fraction=0.1, seed=0, source="t")
+
+
+def test_task_subset_keeps_the_inputs(data: MultiTaskData) -> None:
+    from automtl.data import load_dataset
+
+    subset = load_dataset("star", {"tasks": ["math3", "readk"]})
+    assert subset.task_names == ["math3", "readk"] and subset.info["targets"] == ["math3", "readk"]
+    assert torch.equal(subset.train.x, data.train.x)  # the other scores are never features
+    for split in ("train", "val", "test"):
+        for t in ("math3", "readk"):
+            assert torch.equal(subset.split(split).y[t], data.split(split).y[t])
+            assert torch.equal(subset.split(split).mask[t], data.split(split).mask[t])
+
+
+@pytest.mark.parametrize(("tasks", "message"), [([], "non-empty"), ("readk", "non-empty"), (["read9"], "read9"), (["readk", "readk"], "twice")])
+def test_bad_task_subset(tasks: object, message: str) -> None:
+    from automtl.data import load_dataset
+
+    with pytest.raises(DataError, match=message):
+        load_dataset("star", {"tasks": tasks})
