@@ -27,8 +27,10 @@ In both modes a head, and any block used by one active task, receives its task's
 gradient; a group with no active task receives nothing.
 
 Aggregators come from torchjd (``torchjd>=0.18,<0.19``), imported on first use. Some need
-optional solvers (Nash-MTL and CAGrad: cvxpy); instantiating such a balancer without them
-raises an :class:`ImportError` that names the extra to install.
+optional solvers (UPGrad and DualProj: quadprog; CAGrad and FairGrad: SciPy); instantiating
+such a balancer without them raises an :class:`ImportError` that names what to install.
+MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL compute their row weights from the tasks' Gramian
+in NumPy/SciPy instead (:mod:`automtl.balance._gram_solvers`), none of them with cvxpy.
 """
 
 from __future__ import annotations

@@ -133,8 +133,9 @@ class GradNorm(Balancer):
         norms = []
         for t, loss in losses.items():
             grads = torch.autograd.grad(loss, inputs_of[t], retain_graph=True, allow_unused=True)
-            squares = [(g.detach().float() ** 2).sum() for g in grads if g is not None]
-            norms.append(torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(()))
+            present = [g.detach().float() for g in grads if g is not None]
+            # One fused norm over the block's tensors instead of a square and a sum per tensor.
+            norms.append(torch.nn.utils.get_total_norm(present) if present else loss.new_zeros((), dtype=torch.float32))
         return torch.stack(norms)
 
     def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
@@ -144,7 +145,6 @@ class GradNorm(Balancer):
         w = [self._weights[i] for i in idx]
         stacked = torch.stack(list(losses.values()))
         total = torch.tensor(w, dtype=stacked.dtype, device=stacked.device) @ stacked
-        norms: list[float] | None = None
         capture = None
         if len(losses) > 1 and self.mode == "representation":
             # The heads' gradients of their inputs are captured during the network's own
@@ -155,12 +155,19 @@ class GradNorm(Balancer):
                 total.backward()
             zero = stacked.new_zeros(())
             weighted = torch.stack([torch.linalg.vector_norm(capture.rows[t].detach()) if t in capture.rows else zero for t in losses])
-            norms = [g / wt for g, wt in zip(weighted.tolist(), w)]
+            norm_tensor: torch.Tensor | None = weighted / torch.tensor(w, dtype=weighted.dtype, device=weighted.device)
         else:
-            if len(losses) > 1:
-                norms = self.gradient_norms(losses, ctx).tolist()
+            norm_tensor = self.gradient_norms(losses, ctx) if len(losses) > 1 else None
             total.backward()
-        self._update(idx, w, stacked.detach().tolist(), norms)
+        # One device-to-host copy per step for the losses and the norms together.
+        k = len(losses)
+        if norm_tensor is None:
+            loss_values, norms = stacked.detach().tolist(), None
+        else:
+            dtype = torch.promote_types(stacked.dtype, norm_tensor.dtype)
+            both = torch.cat([stacked.detach().to(dtype), norm_tensor.to(dtype)]).tolist()
+            loss_values, norms = both[:k], both[k:]
+        self._update(idx, w, loss_values, norms)
         return dict(zip(losses, w))
 
     def _update(self, idx: list[int], w: list[float], loss: list[float], norms: list[float] | None) -> None:

@@ -1,8 +1,8 @@
 """Small solvers on the task Gramian ``G = J Jᵀ`` ``[m, m]``, in float64 NumPy.
 
-The weights of MGDA, CAGrad, FairGrad and ConFIG depend on the gradients only through ``G``. torchjd
+The weights of MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL depend on the gradients only through ``G``. torchjd
 computes them with loops of tiny torch operations (MGDA) or by building a new cvxpy problem
-at every call (CAGrad); for ``m <= 20`` tasks a few NumPy operations on an ``m x m`` matrix
+at every call (CAGrad, Nash-MTL); for ``m <= 20`` tasks a few NumPy operations on an ``m x m`` matrix
 cost microseconds instead. Each function solves the same problem as the paper (and torchjd),
 and the tests compare its output with torchjd's on random Gramians. Warm starts
 (``previous``) change where an iterative solver starts, never the problem it solves.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cagrad_weights", "config_weights", "fairgrad_weights", "mgda_weights"]
+__all__ = ["cagrad_weights", "config_weights", "fairgrad_weights", "mgda_weights", "nash_mtl_alpha", "nash_mtl_weights"]
 
 
 def mgda_weights(gram: np.ndarray, epsilon: float = 1e-3, max_iters: int = 100) -> np.ndarray:
@@ -156,3 +156,93 @@ def config_weights(gram: np.ndarray) -> np.ndarray:
     if not norm_sq > 0:
         return np.zeros(gram.shape[0])
     return beta * float(np.ones(gram.shape[0]) @ gram @ beta) / norm_sq
+
+
+def nash_mtl_alpha(
+    gram: np.ndarray, previous: np.ndarray | None = None, tol: float = 1e-10, max_iters: int = 60
+) -> tuple[np.ndarray, bool]:
+    """Nash-MTL's bargaining weights: the ``α > 0`` with ``α ⊙ (G α) = 1``, i.e. ``G α = 1/α``
+    element-wise (Navon et al., "Multi-task learning as a bargaining game", ICML 2022, §3: the
+    bargaining solution ``d = Σ_j α_j g_j`` has ``g_iᵀ d = 1/α_i`` for every task).
+
+    ``G α − 1/α`` is the gradient of ``f(α) = ½ αᵀ G α − Σ_i log α_i``, which is strictly convex
+    and self-concordant on ``α > 0`` (a convex quadratic plus a log barrier), so the solution,
+    when it exists, is the unique minimiser of ``f``. It is found by Newton's method on ``f``
+    (Hessian ``G + diag(1/α²)``, positive definite), damped by ``1/(1 + λ)`` (``λ`` the
+    Newton decrement) while ``λ ≥ 1/4``, which keeps ``α > 0`` and converges from any start
+    (Nesterov's damped Newton method; Boyd and Vandenberghe, Convex Optimization, §9.6), then
+    quadratically. ``G`` is first divided by ``c = ‖G‖_F`` (as the official code does) and the
+    solution rescaled by ``1/√c``: if ``α̂ ⊙ (G/c) α̂ = 1`` then ``α = α̂/√c`` solves the
+    original equation.
+
+    The official code and torchjd's ``NashMTL`` reach the same point by up to 20 concave-convex
+    steps (Alg. 1), each a cvxpy/ECOS program ``min 1ᵀ(G/c)α + φ̃(α)/c`` s.t.
+    ``α_i (Gα)_i ≥ 1``, with ``φ̃`` the linearisation of ``Σ log α_i + Σ log (Gα)_i`` at the
+    last iterate; their result satisfies the same equation up to ECOS's tolerance.
+
+    Args:
+        gram: ``G`` ``[m, m]``, symmetric positive semi-definite (float64).
+        previous: The last ``α`` for the same tasks (original scale), a warm start; ignored if
+            its shape differs or it is not positive and finite, and retried without if Newton
+            does not converge from it.
+        tol: Stop when the relative residual ``max_i |α_i (Gα)_i − 1|`` falls below it (it is
+            invariant to the scale of ``G``).
+        max_iters: Newton steps at most.
+
+    Returns:
+        ``α`` ``[m]`` (original scale) and whether it converged. It does not converge when no
+        solution exists: some ``v ≥ 0, v ≠ 0`` has ``G v = 0`` (e.g. a zero gradient, or two
+        opposite ones), no direction improves every task, and ``f`` is unbounded below; ``α``
+        is then the last (finite, positive) iterate. An all-zero ``G`` gives ones, not
+        converged.
+    """
+    m = gram.shape[0]
+    scale = float(np.linalg.norm(gram))
+    if not (scale > 0 and np.isfinite(scale)):
+        return np.ones(m), False
+    g = gram / scale
+    root = np.sqrt(scale)
+    usable = previous is not None and previous.shape == (m,) and bool(np.all(previous > 0) and np.all(np.isfinite(previous)))
+    x = previous * root if usable else np.ones(m)
+    for _ in range(max_iters):
+        g_x = g @ x
+        if float(np.max(np.abs(x * g_x - 1.0))) <= tol:
+            return x / root, True
+        grad = g_x - 1.0 / x
+        try:
+            step = np.linalg.solve(g + np.diag(1.0 / (x * x)), -grad)
+        except np.linalg.LinAlgError:
+            break
+        decrement_sq = float(-grad @ step)
+        decrement = np.sqrt(max(decrement_sq, 0.0))
+        x = x + (step / (1.0 + decrement) if decrement >= 0.25 else step)
+        # The Dikin-ellipsoid argument keeps x > 0 exactly; guard against round-off anyway.
+        x = np.maximum(x, 1e-300)
+    converged = bool(np.max(np.abs(x * (g @ x) - 1.0)) <= tol)
+    if not converged and usable:
+        # A warm start far from the solution can exhaust max_iters in the damped phase.
+        return nash_mtl_alpha(gram, None, tol, max_iters)
+    return x / root, converged
+
+
+def nash_mtl_weights(gram: np.ndarray, alpha: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
+    """Nash-MTL's row weights from its bargaining ``α`` ``[m]``: ``α``, scaled down so that
+    ``‖αᵀ J‖ = √(αᵀ G α) <= max_norm`` (the official code clips the shared gradient's norm
+    to ``max_norm``, default 1; torchjd scales the weights alike). ``max_norm = 0`` disables it.
+
+    At the exact solution ``αᵀ G α = Σ_i α_i (Gα)_i = m``, so with ``m >= 2`` tasks and
+    ``max_norm = 1`` the weights are ``α/√m``.
+
+    Args:
+        gram: ``G`` ``[m, m]``.
+        alpha: From :func:`nash_mtl_alpha`.
+        max_norm: ``>= 0``.
+
+    Returns:
+        Weights ``[m]``.
+    """
+    if max_norm > 0:
+        norm = float(np.sqrt(max(float(alpha @ gram @ alpha), 0.0)))
+        if norm > max_norm:
+            return alpha * (max_norm / norm)
+    return alpha.copy()

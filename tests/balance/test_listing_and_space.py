@@ -31,8 +31,9 @@ def test_describe_balancers_lists_every_registered_name() -> None:
         if r["family"] == "gradient_aggregation":
             assert "mode" in r["hyperparameters"]
     assert {r["name"] for r in describe_balancers("grad*")} == {"graddrop", "gradnorm", "gradvac"}
-    nash = next(r for r in rows if r["name"] == "nash_mtl")
-    assert nash["requires"] and "automtl[nash]" in nash["install"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["upgrad"]["requires"] and "quadprog" in by_name["upgrad"]["install"]
+    assert by_name["nash_mtl"]["requires"] == [] and by_name["nash_mtl"]["install"] == ""
 
 
 def _space(names: list[str]) -> SearchSpace:
