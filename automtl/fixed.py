@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,7 @@ class FixedResult:
         train: Training hyperparameters of the first seed (later seeds differ only in seed).
         val, test: One ``{task: metric}`` per seed.
         n_params: Parameter count.
+        seconds: Training wall time of each seed (s), ``fit`` only.
     """
 
     tree: BranchTree
@@ -88,6 +90,7 @@ class FixedResult:
     val: list[dict[str, float]] = field(default_factory=list)
     test: list[dict[str, float]] = field(default_factory=list)
     n_params: int = 0
+    seconds: list[float] = field(default_factory=list)
 
     def summary(self, tasks: Sequence[Any], baseline: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
         """Mean and standard deviation over seeds of every task's metric, of ``mean_score``,
@@ -113,9 +116,11 @@ def train_fixed(
     seeds: int = 1,
     device: str | None = None,
     train: TrainConfig | None = None,
+    first_seed: int = 0,
     **train_overrides: Any,
 ) -> FixedResult:
-    """Train one fixed design with ``seeds`` seeds (0, 1, ...); report validation and test metrics.
+    """Train one fixed design with ``seeds`` seeds (``first_seed``, ``first_seed + 1``, ...);
+    report validation and test metrics.
 
     Training hyperparameters are ``train`` (e.g. a searched candidate's) with each seed put in,
     else :func:`default_train_config` of the experiment's config; ``train_overrides`` win in both cases.
@@ -134,11 +139,13 @@ def train_fixed(
             return default_train_config(experiment.config, seed, **overrides)
         return replace(train, seed=seed, **overrides)
 
-    result = FixedResult(tree, balancer, dict(balancer_params or {}), config_of(0))
-    for seed in range(seeds):
+    result = FixedResult(tree, balancer, dict(balancer_params or {}), config_of(first_seed))
+    for seed in range(first_seed, first_seed + seeds):
         seed_everything(seed)
         net = build_model(tree, backbone, data.tasks, device or experiment.config.device)
+        start = time.perf_counter()
         fit(net, data, create_balancer(balancer, data.task_names, **result.balancer_params), config_of(seed))
+        result.seconds.append(time.perf_counter() - start)
         result.val.append(evaluate(net, data.val, data.tasks))
         result.test.append(evaluate(net, data.test, data.tasks))
         result.n_params = net.num_parameters()

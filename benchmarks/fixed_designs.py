@@ -45,8 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from automtl.balance import create_balancer, describe_balancers
-from automtl.build import build_model
+from automtl.balance import describe_balancers
 from automtl.config import SearchConfig
 from automtl.experiment import Experiment, prepare
 from automtl.fixed import (
@@ -54,9 +53,9 @@ from automtl.fixed import (
     default_train_config,
     resolve_arch,
     single_task_baseline,
+    train_fixed,
 )
 from automtl.metrics import DELTA_M_CONVENTION, delta_m
-from automtl.train import evaluate, fit, seed_everything
 from benchmarks.affinity_common import quickstart_config, star_config
 from benchmarks.results_md import machine, write_section
 
@@ -107,21 +106,14 @@ def designs(only: set[str] | None = None) -> tuple[list[Design], dict[str, str]]
 
 
 def train_one_seed(experiment: Experiment, design: Design, seed: int) -> dict[str, Any]:
-    """One seed of :func:`automtl.fixed.train_fixed`'s loop (same calls, same order), timed."""
-    data, backbone = experiment.data, experiment.backbone
-    tree = resolve_arch(design.arch, data.task_names, backbone.n_blocks)
-    train = default_train_config(experiment.config, seed)
-    start = time.perf_counter()
-    seed_everything(seed)
-    net = build_model(tree, backbone, data.tasks, experiment.config.device)
-    fit(net, data, create_balancer(design.balancer, data.task_names, **design.params), train)
-    seconds = time.perf_counter() - start
+    """Seed ``seed`` of :func:`automtl.fixed.train_fixed`; ``seconds`` is its training time."""
+    result = train_fixed(experiment, design.arch, design.balancer, design.params, seeds=1, first_seed=seed)
     return {
-        "val": evaluate(net, data.val, data.tasks),
-        "test": evaluate(net, data.test, data.tasks),
-        "n_params": net.num_parameters(),
-        "seconds": seconds,
-        "lr": train.lr,
+        "val": result.val[0],
+        "test": result.test[0],
+        "n_params": result.n_params,
+        "seconds": result.seconds[0],
+        "lr": result.train.lr,
     }
 
 
