@@ -144,6 +144,7 @@ def study_config(study: optuna.Study) -> SearchConfig:
 
 
 def is_multi_objective(study: optuna.Study) -> bool:
+    """Whether the study has more than one objective (``search.cost`` or ``per_task``)."""
     return len(study.directions) > 1
 
 
