@@ -223,9 +223,12 @@ def fit(
             if not losses:
                 continue
             stacked = torch.stack([loss.detach() for loss in losses.values()])
-            if not bool(torch.isfinite(stacked).all()):
-                bad = next(t for t, loss in losses.items() if not math.isfinite(float(loss.detach())))
-                raise NonFiniteLossError(bad, epoch, step, float(losses[bad].detach()))
+            # a NaN or infinite loss makes the sum non-finite (one op and one host read per step);
+            # only then is each loss looked at, and a sum that merely overflowed goes on
+            if not math.isfinite(float(stacked.sum())):
+                bad = next((t for t, loss in losses.items() if not math.isfinite(float(loss.detach()))), None)
+                if bad is not None:
+                    raise NonFiniteLossError(bad, epoch, step, float(losses[bad].detach()))
             optimizer.zero_grad(set_to_none=True)
             ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features})
             weights = balancer.backward(losses, ctx)

@@ -3,6 +3,7 @@
 * :func:`tiny_data`: a synthetic data set with one task of every type, masked labels, seconds
   to train on a CPU;
 * :func:`nan_loss`: MSE that returns NaN for its first ``NAN_LOSS["calls_left"]`` calls;
+* :func:`huge_loss`: a finite loss whose sum over two tasks overflows;
 * :func:`tiny_backbone` / :func:`not_a_backbone`: a user backbone, and a broken factory.
 """
 
@@ -18,7 +19,7 @@ from automtl.backbones import Backbone
 from automtl.data import MultiTaskData, Split
 from automtl.tasks import TaskSpec
 
-__all__ = ["NAN_LOSS", "TINY_TASKS", "nan_loss", "not_a_backbone", "tiny_backbone", "tiny_data"]
+__all__ = ["NAN_LOSS", "TINY_TASKS", "huge_loss", "nan_loss", "not_a_backbone", "tiny_backbone", "tiny_data"]
 
 TINY_TASKS: tuple[str, ...] = ("a", "b", "c", "d")
 TINY_FEATURES = 6
@@ -96,6 +97,11 @@ def nan_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         NAN_LOSS["calls_left"] -= 1
         return loss * float("nan")
     return loss
+
+
+def huge_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A finite loss of 2e38 per sample (two of them overflow float32 when summed); zero gradient."""
+    return (output - output.detach()).reshape(len(output), -1).sum(dim=1) + 2e38
 
 
 class TinyBackbone(Backbone):

@@ -72,6 +72,30 @@ def test_masked_labels_change_neither_loss_nor_gradient(case: str, seed: int, bi
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_mean_equals_per_sample_mean_in_value_and_gradient(case: str) -> None:
+    """The built-in losses take PyTorch's fused mean-reduced form; it must be the registered maths."""
+    task, shape, make_target = CASES[case]
+    g = torch.Generator().manual_seed(3)
+    output, target = torch.randn(shape, generator=g), make_target(g)
+    mask = torch.ones(N, dtype=torch.bool)
+    mask[1] = False
+    fused, fused_grad = _loss_and_grad(task, output, target, mask)
+    out = output.clone().requires_grad_(True)
+    reference = LOSSES.get(task.loss)(out[mask], target[mask]).mean()
+    reference.backward()
+    torch.testing.assert_close(fused, reference.detach())
+    torch.testing.assert_close(fused_grad, out.grad)
+
+
+def test_a_registered_loss_without_a_fused_form_is_averaged_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    cubed = lambda output, target: (output - target).abs() ** 3  # noqa: E731
+    monkeypatch.setitem(LOSSES._entries, "cubed", cubed)
+    out, target = torch.tensor([1.0, 2.0, 5.0]), torch.tensor([0.0, 0.0, 1.0])
+    mask = torch.tensor([True, False, True])
+    assert float(masked_loss(TaskSpec("r", "regression", loss="cubed"), out, target, mask)) == pytest.approx((1 + 64) / 2)
+
+
 def test_known_values() -> None:
     reg = TaskSpec("r", "regression")
     out, target = torch.tensor([1.0, 2.0, 5.0]), torch.tensor([0.0, 0.0, 1.0])

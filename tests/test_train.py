@@ -159,6 +159,20 @@ def test_nan_loss_stops_before_the_update(data: MultiTaskData, backbone: Backbon
     assert NAN_LOSS["calls"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_finite_losses_whose_sum_overflows_are_not_an_error(data: MultiTaskData, backbone: Backbone) -> None:
+    # the per-step check reads the sum of the losses; an overflowing sum of finite losses goes on
+    data.tasks = [dataclasses.replace(t, loss="tests.helpers:huge_loss") if t.name in ("b", "d") else t for t in data.tasks]
+    net = _net(data, backbone)
+    # one sample per batch, so a task's mean loss is 2e38 and two labelled tasks sum to inf
+    result = fit(net, data, create_balancer("equal", data.task_names), TrainConfig(epochs=1, batch_size=1))
+    both = (data.train.mask["b"] & data.train.mask["d"]).sum()
+    assert both > 0
+    losses = result.history[0].train_losses  # (the epoch's float32 running sums overflow, as they would by hand)
+    assert len(result.history) == 1 and losses["b"] > 1e38 and losses["d"] > 1e38
+    assert math.isfinite(losses["a"])
+
+
 def test_evaluate_and_predict(data: MultiTaskData, backbone: Backbone) -> None:
     net = _net(data, backbone)
     net.train()
