@@ -18,12 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from automtl.balance._aggregation import (
     GradientAggregation,
     _mode_hparam,
     torchjd_aggregation,
 )
 from automtl.balance._base import HParam, register_balancer
+from automtl.balance._gradvac import gradvac_weights
 from automtl.balance._gram_solvers import (
     cagrad_weights,
     config_weights,
@@ -306,7 +309,10 @@ class GradVac(GradientAggregation):
     Like PCGrad, but with a target cosine ``φ̂_ij`` (an exponential moving average of the
     observed ``φ_ij = cos(g_i, g_j)``, ``φ̂ ← (1−β) φ̂ + β φ``): when ``φ_ij < φ̂_ij``,
     ``g_i ← g_i + w g_j`` with ``w`` chosen so that the cosine becomes ``φ̂_ij``; ``d = Σ g_i``
-    (Wang et al., "Gradient vaccine", ICLR 2021, Alg. 1, eq. 4).
+    (Wang et al., "Gradient vaccine", ICLR 2021, Alg. 1, eq. 4). The weights ``d = (1ᵀC) J`` come
+    from the Gramian by the loop of torchjd's ``GradVacWeighting``, on Python floats
+    (:func:`automtl.balance._gradvac.gradvac_weights`; the same visiting order from torch's
+    global generator); the targets ``φ̂`` are kept per set of tasks (per shared segment).
 
     Args:
         tasks: Every task name.
@@ -321,14 +327,24 @@ class GradVac(GradientAggregation):
         "beta": HParam(default=0.5, low=0.01, high=1.0, log=True, doc="EMA rate of the target similarity"),
     }
 
+    solves_on_gramian = True
+
     def __init__(self, tasks: Sequence[str], mode: str = "full", beta: float = 0.5) -> None:
         if not 0 < beta <= 1:
             raise ValueError(f"GradVac beta must be in (0, 1], got {beta}")
         super().__init__(tasks, mode)
         self.beta = float(beta)
+        self._targets: dict[tuple[str, ...], Any] = {}
 
-    def make_aggregator(self, n_tasks: int) -> Aggregator:
+    def make_aggregator(self, n_tasks: int) -> Aggregator:  # pragma: no cover - gramian_weights is used
         return torchjd_aggregation().GradVac(beta=self.beta)
+
+    def gramian_weights(self, tasks: tuple[str, ...], gram: Any) -> Any:
+        # one φ̂ per set of tasks (per shared segment), as one torchjd GradVac per segment kept it
+        targets = self._targets.get(tasks)
+        if targets is None:
+            targets = self._targets[tasks] = np.zeros((len(tasks), len(tasks)))
+        return gradvac_weights(gram, targets, self.beta)
 
 
 @register_balancer("dualproj")

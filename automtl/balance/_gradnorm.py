@@ -17,6 +17,16 @@ from automtl.build import ParamGroup
 __all__ = ["GradNorm"]
 
 
+def _row_norms(rows: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """``‖row‖`` of each row (0 for ``None``), ``[k]``, detached: one stack and one norm when the
+    rows have one shape (hard parameter sharing), else one norm per row."""
+    present = [r.detach() for r in rows if r is not None]
+    if len(present) == len(rows) and all(r.shape == present[0].shape for r in present):
+        return torch.linalg.vector_norm(torch.stack(present).flatten(1), dim=1)
+    zero = like.new_zeros(())
+    return torch.stack([torch.linalg.vector_norm(r.detach()) if r is not None else zero for r in rows])
+
+
 @register_balancer("gradnorm")
 class GradNorm(Balancer):
     """GradNorm: task weights that pull every task's gradient norm towards a common target.
@@ -150,12 +160,13 @@ class GradNorm(Balancer):
             # The heads' gradients of their inputs are captured during the network's own
             # backward pass when each head reads its input alone (then no extra pass at all).
             capture = RowCapture.create(losses, self._representations(losses, ctx))
+        weighted = False
         if capture is not None:
             with capture:
                 total.backward()
-            zero = stacked.new_zeros(())
-            weighted = torch.stack([torch.linalg.vector_norm(capture.rows[t].detach()) if t in capture.rows else zero for t in losses])
-            norm_tensor: torch.Tensor | None = weighted / torch.tensor(w, dtype=weighted.dtype, device=weighted.device)
+            # the captured rows are of w_t L_t: their norms are divided by w_t below
+            norm_tensor: torch.Tensor | None = _row_norms([capture.rows.get(t) for t in losses], stacked)
+            weighted = True
         else:
             norm_tensor = self.gradient_norms(losses, ctx) if len(losses) > 1 else None
             total.backward()
@@ -167,6 +178,8 @@ class GradNorm(Balancer):
             dtype = torch.promote_types(stacked.dtype, norm_tensor.dtype)
             both = torch.cat([stacked.detach().to(dtype), norm_tensor.to(dtype)]).tolist()
             loss_values, norms = both[:k], both[k:]
+            if weighted:
+                norms = [n / a for n, a in zip(norms, w)]
         self._update(idx, w, loss_values, norms)
         return dict(zip(losses, w))
 
