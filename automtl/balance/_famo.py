@@ -79,7 +79,8 @@ class FAMO(Balancer):
             return {}
         idx = [self._index[t] for t in losses]
         stacked = torch.stack(list(losses.values()))
-        log_losses = torch.log(stacked.detach().clamp(min=0) + _EPS).tolist()
+        # one device-to-host copy; the logs are taken on the host, in float64
+        log_losses = [math.log(max(v, 0.0) + _EPS) for v in stacked.detach().tolist()]
         self.update_logits(idx, log_losses)
         weights = self.weights(idx, log_losses)
         (torch.tensor(weights, dtype=stacked.dtype, device=stacked.device) @ stacked).backward()

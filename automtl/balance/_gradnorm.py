@@ -47,11 +47,14 @@ class GradNorm(Balancer):
     backbone block (the block feeding its head): under hard parameter sharing this is the
     paper's choice, "the last shared layer"; in a branched tree every task's ``W`` is a copy
     of the same block, so the norms stay comparable. ``"representation"`` — the output of that
-    block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost: in
-    ``"full"``, one extra backward pass per task through its head and last block; in
-    ``"representation"``, none where each head reads the block's output alone (the per-task
-    gradients are captured during the network's own backward pass), else one per task through
-    its head.
+    block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost: where each head reads its block's output ``z`` alone (automtl's networks), the
+    per-task gradients ``w_t ∂L_t/∂z`` are captured during the network's own backward pass;
+    ``"representation"`` then needs nothing more, and ``"full"`` one batched vector-Jacobian
+    product per leaf block, ``(∂z/∂W)ᵀ`` applied to the tasks' rows at once
+    (``torch.autograd.grad(..., is_grads_batched=True)``), since ``W`` reaches a task's loss only
+    through ``z``. Otherwise (no ``ctx.extra["features"]``, or a head that shares operations
+    with another) each task takes one extra backward pass through its head (and, in ``"full"``,
+    its block).
 
     Only tasks labelled in the batch take part in a step (their ``Ḡ``, ``r`` and update); with
     a single labelled task the weights do not move.
@@ -148,6 +151,45 @@ class GradNorm(Balancer):
             norms.append(torch.nn.utils.get_total_norm(present) if present else loss.new_zeros((), dtype=torch.float32))
         return torch.stack(norms)
 
+    def _has_leaf_outputs(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> bool:
+        features = ctx.extra.get("features")
+        if not features:
+            return False
+        keys = features_by_key(features)
+        leaves = self._leaves(ctx)
+        return all(leaves[t].key in keys for t in losses)
+
+    def _block_norms(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        reps: Mapping[str, torch.Tensor],
+        rows: Sequence[torch.Tensor | None],
+        ctx: StepContext,
+    ) -> torch.Tensor:
+        """``‖∇_W (w_t L_t)‖`` for each task of ``losses``, ``[k]``, from its captured row
+        ``w_t ∂L_t/∂z`` at its leaf block's output ``z``: ``∇_W (w_t L_t) = (∂z/∂W)ᵀ row_t``,
+        since ``W`` reaches the task's loss only through ``z``. The tasks that share a leaf
+        block take one batched vector-Jacobian product (``is_grads_batched``) through it, in
+        place of one backward pass per task through its head and block."""
+        leaves = self._leaves(ctx)
+        names = list(losses)
+        out: list[torch.Tensor | None] = [None] * len(names)
+        by_leaf: dict[int, list[int]] = {}
+        for i, t in enumerate(names):
+            by_leaf.setdefault(id(reps[t]), []).append(i)
+        for members in by_leaf.values():
+            z = reps[names[members[0]]]
+            params = list(leaves[names[members[0]]].params)
+            if not params:
+                raise ValueError(f"GradNorm(mode='full'): block {leaves[names[members[0]]].key} has no parameters")
+            cotangents = torch.stack([rows[i] if rows[i] is not None else torch.zeros_like(z) for i in members])
+            grads = torch.autograd.grad(z, params, cotangents, is_grads_batched=True, allow_unused=True)
+            flat = torch.cat([g.flatten(1) for g in grads if g is not None], dim=1)
+            norms = torch.linalg.vector_norm(flat.float(), dim=1)
+            for slot, i in enumerate(members):
+                out[i] = norms[slot]
+        return torch.stack([n for n in out if n is not None])
+
     def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         if not losses:
             return {}
@@ -155,17 +197,23 @@ class GradNorm(Balancer):
         w = [self._weights[i] for i in idx]
         stacked = torch.stack(list(losses.values()))
         total = torch.tensor(w, dtype=stacked.dtype, device=stacked.device) @ stacked
-        capture = None
-        if len(losses) > 1 and self.mode == "representation":
+        capture, reps = None, None
+        if len(losses) > 1 and (self.mode == "representation" or self._has_leaf_outputs(losses, ctx)):
             # The heads' gradients of their inputs are captured during the network's own
-            # backward pass when each head reads its input alone (then no extra pass at all).
-            capture = RowCapture.create(losses, self._representations(losses, ctx))
+            # backward pass when each head reads its input alone.
+            reps = self._representations(losses, ctx)
+            capture = RowCapture.create(losses, reps)
         weighted = False
-        if capture is not None:
+        if capture is not None and reps is not None:
+            # "full" keeps the graph for one batched vector-Jacobian product per leaf block after the pass
             with capture:
-                total.backward()
-            # the captured rows are of w_t L_t: their norms are divided by w_t below
-            norm_tensor: torch.Tensor | None = _row_norms([capture.rows.get(t) for t in losses], stacked)
+                total.backward(retain_graph=self.mode == "full")
+            rows = [capture.rows.get(t) for t in losses]
+            if self.mode == "representation":
+                # the captured rows are of w_t L_t: their norms are divided by w_t below
+                norm_tensor: torch.Tensor | None = _row_norms(rows, stacked)
+            else:
+                norm_tensor = self._block_norms(losses, reps, rows, ctx)
             weighted = True
         else:
             norm_tensor = self.gradient_norms(losses, ctx) if len(losses) > 1 else None

@@ -23,7 +23,7 @@ from automtl.balance import (
     create_balancer,
 )
 
-from .conftest import HPS, TASKS, make_batch, make_net, step
+from .conftest import BRANCHED, HPS, TASKS, make_batch, make_net, step
 
 positive = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)
 
@@ -113,6 +113,34 @@ def test_gradnorm_moves_gradient_norms_towards_their_targets(mode: str) -> None:
     assert float(gap1.sum()) < float(gap0.sum())
     big, small = int(norms.argmax()), int(norms.argmin())
     assert w1[big] < w0[big] and w1[small] > w0[small]
+
+
+@pytest.mark.parametrize("partitions", [HPS, BRANCHED], ids=["hps", "branched"])
+@pytest.mark.parametrize("hidden", [(), ("b",)], ids=["all-labelled", "b-masked"])
+def test_gradnorm_full_batched_norms_equal_one_pass_per_task(partitions: list, hidden: tuple) -> None:
+    """With the trainer's features, "full" takes its norms from the captured head-input rows by
+    one batched vector-Jacobian product per leaf block; without them, from one backward pass per
+    task. Same norms, so the same weights, step after step, and the same parameter gradients."""
+    from automtl.train import task_losses
+
+    fast, slow = GradNorm(list(TASKS), mode="full"), GradNorm(list(TASKS), mode="full")
+    net_fast, net_slow = make_net(partitions), make_net(partitions)
+    fast.gradient_norms = lambda *args: pytest.fail("the batched path fell back on one pass per task")  # type: ignore[method-assign]
+    for i in range(4):
+        batch = make_batch(seed=10 + i, hidden=hidden if i % 2 else ())
+        step(net_fast, fast, batch, i)  # ctx with the features: the batched path
+        losses = task_losses(net_slow, batch, net_slow(batch.x))
+        net_slow.zero_grad(set_to_none=True)
+        slow.backward(losses, StepContext(net_slow.param_groups(), 0, i))  # no features: per task
+        torch.testing.assert_close(fast.task_weights, slow.task_weights, rtol=1e-5, atol=1e-6)
+        for p, q in zip(net_fast.parameters(), net_slow.parameters()):
+            assert (p.grad is None) == (q.grad is None)  # a masked task's head gets none
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad)
+                with torch.no_grad():  # move both networks alike, so later steps see new parameters
+                    p -= 0.1 * p.grad
+                    q -= 0.1 * q.grad
+    assert not torch.allclose(fast.task_weights, torch.ones(3))  # the weights did move
 
 
 # ----------------------------------------------------------------------------- FAMO
