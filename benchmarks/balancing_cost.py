@@ -56,33 +56,49 @@ from benchmarks.results_md import machine, write_section
 SECTION = "## Balancing cost"
 NOTES = """Reading the table:
 
-- The CPU is shared with other jobs (the load average is in the machine line): ratios move by about
-  +-0.05 between runs, most on the STAR MLP, whose ~4 ms step makes a fixed 0.2 ms of per-step
-  bookkeeping show as 1.05x.
+- The CPU is shared with other jobs (the load average is in the machine line). Each round steps
+  every configuration once, about 60 networks in turn, so every step starts with cold caches.
+  Ratios move by about +-0.05 between runs, most on the STAR MLP, whose ~4 ms step makes 0.2 ms
+  show as 1.05x. In one such run, DWA, FAMO and IMTL-L read 1.10-1.12x on STAR (hps). The same
+  configurations alone (`--setups "STAR MLP" --trees hps --only
+  dwa,famo,imtl_l,gradnorm,gls,rlw,fixed,uncertainty,scale_invariant --rounds 40`) read
+  0.99x, 0.99x and 1.03x; GradNorm read 1.10x (representation) and 1.31x (full) there too.
+- The equal-weighting step itself became faster before this run (fused mean losses and
+  `index_select` batches; see "Framework overhead"). The same absolute cost of a balancer is
+  therefore a slightly larger ratio than in earlier runs.
 - `representation` mode runs one backward pass of the summed losses in which a hook on each shared
   segment's output replaces the incoming gradient by the aggregate of the per-task gradients there
   (`automtl/balance/_representation.py`). Per-task gradients below the deepest shared outputs are
-  captured from the heads during that pass; where a shared segment sits below another (the
+  captured from the heads during that pass. Where a shared segment sits below another (the
   `branched` trees: the trunk, then a group's blocks, then a smaller group's), each task's gradient
   at the upper output costs one input-only vector-Jacobian product through the lower segment's
-  blocks. That product is the floor of the exact method: on the quickstart CNN it is two 3x3
-  convolutions with BatchNorm per task (11 tasks), about 1 ms each on one core.
-- MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL compute their weights from the tasks' Gramian in
-  NumPy/SciPy (`automtl/balance/_gram_solvers.py`: the same problems, checked against torchjd in
-  the tests): MGDA's Frank-Wolfe loop; CAGrad's dual by SLSQP with exact gradient and warm start
-  (torchjd rebuilds a cvxpy problem at every call); FairGrad's least squares with exact Jacobian
-  and warm start; ConFIG's pseudo-inverse on the `m x m` Gramian instead of the `[m, n]`
-  gradients; Nash-MTL's bargaining equation `G a = 1/a` by damped Newton steps on a strictly
-  convex function, warm-started (torchjd and the official code run up to 20 cvxpy/ECOS programs
-  per solve, 60-150 ms; this solves the same equation to 1e-10 in well under 1 ms, and needs no
-  cvxpy). Its `update_weights_every` (official default 1) is kept, no longer needed for speed.
-  GradVac and GradDrop are bound by their own loops and element-wise work over the rows.
-- GradNorm's `full` mode (the paper's choice of `W`, the last shared layer's weights) needs one
-  extra backward pass per task through its head and last block, the cost of the method itself:
-  over 1.10x on the STAR MLP (8 tasks, a ~4 ms step) and the CNN. Its `representation` mode
-  captures the per-task gradients during the network's own backward pass.
-- `full` mode needs one backward pass per task through all shared parameters (3-5x; more with a
-  solver)."""
+  blocks. That product is the floor of the exact method: each task's row at the upper output is a
+  different product, and no exact method gets the rows, or their Gramian, for less. On the
+  quickstart CNN it is two 3x3 convolutions with BatchNorm per task (11 tasks), about 1 ms each on
+  one core. That is why every aggregator is 2.0-2.4x there, against 1.1-1.3x under hard sharing.
+- Solvers: MGDA, CAGrad, FairGrad, ConFIG, Nash-MTL and GradVac compute their weights from the
+  tasks' Gramian in NumPy or Python floats (`automtl/balance/_gram_solvers.py`,
+  `automtl/balance/_gradvac.py`). They solve the same problems as torchjd, and the tests check
+  them against it.
+  - MGDA: a Frank-Wolfe loop.
+  - CAGrad: its dual by an exact active-set method with a Frank-Wolfe-gap certificate (25-45 us a
+    call), with SciPy's SLSQP only as a fallback.
+  - FairGrad: Newton's method on a strictly convex potential whose gradient is its residual
+    (50-80 us a call, against 0.1-1 ms for least squares).
+  - ConFIG: a pseudo-inverse of the `m x m` Gramian, instead of the `[m, n]` gradients.
+  - Nash-MTL: `G a = 1/a` by damped Newton steps. torchjd and the official code run up to 20
+    cvxpy programs per solve, 60-150 ms.
+  - GradVac: torchjd's Gramian loop on Python floats instead of scalar tensors, about 10x faster.
+  - GradDrop is bound by its element-wise work over the rows.
+- GradNorm: the heads' input gradients are captured during the network's own backward pass.
+  - `representation` needs nothing more. What remains over equal weighting (about 0.3 ms on
+    STAR) is the capture's graph walk and hooks, the norms, and the weights' own update.
+  - `full` (the paper's choice of `W`, the last shared layer's weights) adds one batched
+    vector-Jacobian product through the last block for all tasks at once, in place of one
+    backward pass per task. That is the per-task weight gradients the method is defined on:
+    about 11% of the STAR MLP step's FLOPs for its 128x64 last layer and 8 tasks.
+- `full` mode of the aggregators needs one backward pass per task through all shared parameters
+  (3-5x)."""
 
 
 @dataclass
