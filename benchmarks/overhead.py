@@ -214,15 +214,15 @@ class Timing:
     def ms_per_step(self, clock: str, who: str) -> float:
         return 1000.0 * statistics.median(getattr(self, clock)[who]) / self.steps
 
-    def ratio(self, clock: str, who: str = "automtl") -> float:
-        """Median epoch of ``who`` over the median plain epoch."""
+    def ratio(self, clock: str, who: str = "automtl", against: str = "plain") -> float:
+        """Median epoch of ``who`` over the median epoch of ``against``."""
         times = getattr(self, clock)
-        return statistics.median(times[who]) / statistics.median(times["plain"])
+        return statistics.median(times[who]) / statistics.median(times[against])
 
-    def paired_ratio(self, clock: str, who: str = "automtl") -> float:
-        """Median over rounds of the epoch of ``who`` over the plain epoch of the same round."""
+    def paired_ratio(self, clock: str, who: str = "automtl", against: str = "plain") -> float:
+        """Median over rounds of the epoch of ``who`` over the epoch of ``against`` in the same round."""
         times = getattr(self, clock)
-        return statistics.median(a / p for a, p in zip(times[who], times["plain"]))
+        return statistics.median(a / p for a, p in zip(times[who], times[against]))
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -287,9 +287,7 @@ def _goal(ratio: float) -> str:
 
 def _judged(t: Timing, clock: str) -> float:
     """automtl against the faster of the two hand-written loops (median epochs)."""
-    times = getattr(t, clock)
-    fastest = min(statistics.median(times["plain"]), statistics.median(times[STRICT]))
-    return statistics.median(times["automtl"]) / fastest
+    return max(t.ratio(clock), t.ratio(clock, against=STRICT))
 
 
 def table(timings: list[Timing]) -> str:
@@ -306,10 +304,7 @@ def table(timings: list[Timing]) -> str:
     for t in timings:
         for clock, label in (("wall", "wall"), ("cpu", "thread CPU")):
             extra = "".join(f" {t.ms_per_step(clock, name):.2f} ({t.ratio(clock, name):.3f}x) |" for name in extras)
-            strict = statistics.median(getattr(t, clock)["automtl"]) / statistics.median(getattr(t, clock)[STRICT])
-            paired_strict = statistics.median(
-                a / p for a, p in zip(getattr(t, clock)["automtl"], getattr(t, clock)[STRICT])
-            )
+            strict, paired_strict = t.ratio(clock, against=STRICT), t.paired_ratio(clock, against=STRICT)
             lines.append(
                 f"| {t.network} | {t.steps} | {label} | {t.ms_per_step(clock, 'automtl'):.2f} | "
                 f"{t.ms_per_step(clock, 'plain'):.2f} | {t.ms_per_step(clock, STRICT):.2f} | {t.ratio(clock):.3f}x | "

@@ -120,16 +120,26 @@ class GradNorm(Balancer):
             self._leaf_cache = (key, leaf_groups(ctx.param_groups, self.tasks))
         return self._leaf_cache[1]
 
-    def _representations(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+    def _leaf_outputs(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor] | None:
+        """Each task's leaf-block output (its head's input) from ``ctx.extra["features"]``, or
+        ``None`` if one of them is not there."""
         leaves = self._leaves(ctx)
         features = features_by_key(ctx.extra.get("features"))
-        missing = [leaves[t].key for t in losses if leaves[t].key not in features]
-        if missing:
+        if any(leaves[t].key not in features for t in losses):
+            return None
+        return {t: features[leaves[t].key] for t in losses}
+
+    def _representations(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        reps = self._leaf_outputs(losses, ctx)
+        if reps is None:
+            features = features_by_key(ctx.extra.get("features"))
+            leaves = self._leaves(ctx)
+            missing = [leaves[t].key for t in losses if leaves[t].key not in features]
             raise ValueError(
                 f"GradNorm(mode='representation') needs the outputs of nodes {missing} in "
                 "ctx.extra['features'], as automtl.train.fit passes them; use mode='full' otherwise"
             )
-        return {t: features[leaves[t].key] for t in losses}
+        return reps
 
     def gradient_norms(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         """``‖∇_W L_t‖`` for each task of ``losses`` (in order), ``[k]``, detached; one backward
@@ -151,14 +161,6 @@ class GradNorm(Balancer):
             norms.append(torch.nn.utils.get_total_norm(present) if present else loss.new_zeros((), dtype=torch.float32))
         return torch.stack(norms)
 
-    def _has_leaf_outputs(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> bool:
-        features = ctx.extra.get("features")
-        if not features:
-            return False
-        keys = features_by_key(features)
-        leaves = self._leaves(ctx)
-        return all(leaves[t].key in keys for t in losses)
-
     def _block_norms(
         self,
         losses: Mapping[str, torch.Tensor],
@@ -173,7 +175,7 @@ class GradNorm(Balancer):
         place of one backward pass per task through its head and block."""
         leaves = self._leaves(ctx)
         names = list(losses)
-        out: list[torch.Tensor | None] = [None] * len(names)
+        norm_of: dict[int, torch.Tensor] = {}
         by_leaf: dict[int, list[int]] = {}
         for i, t in enumerate(names):
             by_leaf.setdefault(id(reps[t]), []).append(i)
@@ -185,10 +187,8 @@ class GradNorm(Balancer):
             cotangents = torch.stack([rows[i] if rows[i] is not None else torch.zeros_like(z) for i in members])
             grads = torch.autograd.grad(z, params, cotangents, is_grads_batched=True, allow_unused=True)
             flat = torch.cat([g.flatten(1) for g in grads if g is not None], dim=1)
-            norms = torch.linalg.vector_norm(flat.float(), dim=1)
-            for slot, i in enumerate(members):
-                out[i] = norms[slot]
-        return torch.stack([n for n in out if n is not None])
+            norm_of.update(zip(members, torch.linalg.vector_norm(flat.float(), dim=1)))
+        return torch.stack([norm_of[i] for i in range(len(names))])
 
     def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         if not losses:
@@ -198,12 +198,11 @@ class GradNorm(Balancer):
         stacked = torch.stack(list(losses.values()))
         total = torch.tensor(w, dtype=stacked.dtype, device=stacked.device) @ stacked
         capture, reps = None, None
-        if len(losses) > 1 and (self.mode == "representation" or self._has_leaf_outputs(losses, ctx)):
+        if len(losses) > 1:
             # The heads' gradients of their inputs are captured during the network's own
             # backward pass when each head reads its input alone.
-            reps = self._representations(losses, ctx)
-            capture = RowCapture.create(losses, reps)
-        weighted = False
+            reps = self._representations(losses, ctx) if self.mode == "representation" else self._leaf_outputs(losses, ctx)
+            capture = None if reps is None else RowCapture.create(losses, reps)
         if capture is not None and reps is not None:
             # "full" keeps the graph for one batched vector-Jacobian product per leaf block after the pass
             with capture:
@@ -214,7 +213,6 @@ class GradNorm(Balancer):
                 norm_tensor: torch.Tensor | None = _row_norms(rows, stacked)
             else:
                 norm_tensor = self._block_norms(losses, reps, rows, ctx)
-            weighted = True
         else:
             norm_tensor = self.gradient_norms(losses, ctx) if len(losses) > 1 else None
             total.backward()
@@ -226,7 +224,7 @@ class GradNorm(Balancer):
             dtype = torch.promote_types(stacked.dtype, norm_tensor.dtype)
             both = torch.cat([stacked.detach().to(dtype), norm_tensor.to(dtype)]).tolist()
             loss_values, norms = both[:k], both[k:]
-            if weighted:
+            if capture is not None:  # captured rows are of w_t L_t
                 norms = [n / a for n, a in zip(norms, w)]
         self._update(idx, w, loss_values, norms)
         return dict(zip(losses, w))
