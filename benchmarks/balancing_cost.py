@@ -151,7 +151,7 @@ def variants(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
         cls = BALANCERS.get(name)
         hp = cls.hyperparameters.get("mode")
         if hp is not None and hp.choices:
-            order = [m for m in ("representation", "full") if m in hp.choices]
+            order = [m for m in ("representation", "grouped", "full") if m in hp.choices]
             out += [(name, m, {"mode": m}) for m in order]
         else:
             out.append((name, "-", {}))

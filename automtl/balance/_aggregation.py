@@ -1,7 +1,7 @@
 """Gradient aggregation on branched networks: per-task gradients combined by a torchjd aggregator.
 
 :class:`GradientAggregation` applies the tree rule of :mod:`automtl.balance._tree` in one of
-two modes, chosen by its ``mode`` hyperparameter (the search may choose it too):
+three modes, chosen by its ``mode`` hyperparameter (the search may choose it too):
 
 ``"full"``
     For each segment shared by ``m >= 2`` active tasks, the Jacobian ``J`` ``[m, n]`` of those
@@ -23,7 +23,19 @@ two modes, chosen by its ``mode`` hyperparameter (the search may choose it too):
     shallower ``z`` costs one input-only vector-Jacobian product through the shared blocks in
     between. The per-task gradients are exact, not approximated.
 
-In both modes a head, and any block used by one active task, receives its task's plain
+``"grouped"``
+    As ``"representation"``, except where a shared segment ``S'`` sits below another shared
+    segment ``S`` (nested task groups): ``S`` then aggregates one row per sub-group, the
+    gradient that ``S'``'s own aggregate sends into ``z_S``, plus one row per task that
+    reaches ``z_S`` without meeting another shared segment. It is captured during the same
+    backward pass, so it costs no vector-Jacobian product per task: a nested tree costs
+    about what hard parameter sharing does. It is an approximation of the exact mode (the
+    aggregation is hierarchical, and a sub-group counts as one objective at its parent, as
+    in a two-level MGDA-UB), still under the tree rule: ``S`` is updated from exactly the
+    tasks below it. Without nested shared segments (hard parameter sharing, or one level of
+    task groups) it is the same as ``"representation"``.
+
+In every mode a head, and any block used by one active task, receives its task's plain
 gradient; a group with no active task receives nothing.
 
 Aggregators come from torchjd (``torchjd>=0.18,<0.19``), imported on first use. Some need
@@ -54,12 +66,15 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "GradientAggregation", "torchjd_aggregation"]
 
-MODES: tuple[str, ...] = ("full", "representation")
+MODES: tuple[str, ...] = ("full", "representation", "grouped")
 
 _MODE_DOC = (
     "'full': aggregate the per-task gradients of all parameters of each shared segment (as "
     "published); 'representation': aggregate the per-task gradients of the segment's output "
-    "(MGDA-UB, Sener & Koltun 2018), far cheaper"
+    "(MGDA-UB, Sener & Koltun 2018), far cheaper; 'grouped': as 'representation', but a "
+    "shared sub-group below a branching point enters it as one row, its own aggregate "
+    "(hierarchical, approximate; cheapest on nested trees, equal to 'representation' under "
+    "hard parameter sharing)"
 )
 
 
@@ -85,7 +100,7 @@ class GradientAggregation(Balancer):
     """Base class of the gradient-aggregation balancers (per-task gradients, then an aggregator).
 
     Subclasses set :attr:`paper` and :attr:`hyperparameters` (always including ``mode``) and
-    implement :meth:`make_aggregator`. See the module docstring for the two modes and the tree
+    implement :meth:`make_aggregator`. See the module docstring for the three modes and the tree
     rule.
 
     One aggregator instance is kept per active task set, so a stateful aggregator (Nash-MTL,
@@ -94,11 +109,12 @@ class GradientAggregation(Balancer):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"``.
+        mode: ``"full"``, ``"representation"`` or ``"grouped"``.
 
     :meth:`backward` returns, for each task in ``losses``, its weight in the aggregation of the
     segment shared by the most tasks that contains it (for aggregators that weight rows,
-    ``d = wᵀJ``); ``1.0`` for the other aggregators and for tasks that share no segment.
+    ``d = wᵀJ``; in ``"grouped"`` mode, through its sub-groups' weights); ``1.0`` for the
+    other aggregators and for tasks that share no segment.
 
     Raises:
         ValueError: Unknown mode.
@@ -159,7 +175,8 @@ class GradientAggregation(Balancer):
         return agg
 
     def aggregate(self, tasks: tuple[str, ...], matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Aggregate the rows of ``matrix`` ``[m, n]`` (one per task of ``tasks``).
+        """Aggregate the rows of ``matrix`` ``[m, n]`` (one per name of ``tasks``: a task, or
+        in ``"grouped"`` mode a sub-group's row).
 
         Returns:
             The aggregate ``[n]`` and, for aggregators that weight rows, the weights ``[m]``.
@@ -245,7 +262,7 @@ class GradientAggregation(Balancer):
                     "passes it); use mode='full' otherwise"
                 )
             outputs.append(features[seg.out_key])
-        return representation_backward(losses, segs, outputs, self.aggregate)
+        return representation_backward(losses, segs, outputs, self.aggregate, grouped=self.mode == "grouped")
 
 
 def _flat(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

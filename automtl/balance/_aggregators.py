@@ -70,7 +70,7 @@ class UPGrad(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
     """
 
     paper = "Quinton, Rey. Jacobian descent for multi-objective optimization. arXiv:2406.16232, 2024, eq. 5"
@@ -93,7 +93,8 @@ class MGDA(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` (MGDA) or ``"representation"`` (MGDA-UB); searched: both.
+        mode: ``"full"`` (MGDA), ``"representation"`` (MGDA-UB) or ``"grouped"``; searched: all
+            three.
     """
 
     paper = "Sener, Koltun. Multi-task learning as multi-objective optimization. NeurIPS 2018, Alg. 2 (MGDA-UB: eq. 5)"
@@ -119,7 +120,7 @@ class PCGrad(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
     """
 
     paper = "Yu et al. Gradient surgery for multi-task learning. NeurIPS 2020, Alg. 1"
@@ -147,7 +148,7 @@ class CAGrad(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
         c: Radius of the ball around the mean gradient, ``c ≥ 0`` (``c = 0``: the mean
             gradient). Default 0.4, the official code's default (``--c``, nash-mtl and CAGrad
             repositories) and the paper's value for NYUv2/Cityscapes; searched in [0.1, 0.9],
@@ -207,7 +208,7 @@ class NashMTL(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
         update_weights_every: Solve for ``α`` every this many steps (per task set) and reuse it
             in between, re-scaling the weights to ``‖d‖ <= 1`` on the current gradients.
             Default 1, the official code's (``--update-weights-every``, whose help reads
@@ -262,8 +263,8 @@ class IMTLG(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both; the paper itself applies
-            IMTL-G to the shared representation).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three; the paper
+            itself applies IMTL-G to the shared representation).
     """
 
     paper = "Liu et al. Towards impartial multi-task learning. ICLR 2021, §3.2 (IMTL-G)"
@@ -283,7 +284,7 @@ class AlignedMTL(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
         scale_mode: ``σ``: the smallest eigenvalue (``"min"``, the paper's), the median, or the
             mean (``"rmse"``), as in the official code. Searched: all three.
     """
@@ -318,7 +319,7 @@ class GradVac(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
         beta: EMA rate ``β`` in ``(0, 1]``. Default 0.5 (torchjd, LibMTL); searched in
             [0.01, 1] (log), from slow averaging to none.
     """
@@ -359,7 +360,7 @@ class DualProj(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
     """
 
     paper = "Lopez-Paz, Ranzato. Gradient episodic memory for continual learning. NeurIPS 2017, eq. 11"
@@ -382,14 +383,15 @@ class GradDrop(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"representation"`` (the paper's) or ``"full"``; searched: both.
+        mode: ``"representation"`` (the paper's), ``"grouped"`` or ``"full"``; searched: all
+            three.
         leak: ``ℓ`` in [0, 1], the share of each gradient that always passes (paper: 0 for
             plain multi-task learning). Searched in [0, 1].
     """
 
     paper = "Chen et al. Just pick a sign: optimizing deep multitask models with gradient sign dropout. NeurIPS 2020, Alg. 1"
     hyperparameters: ClassVar[Mapping[str, HParam]] = {
-        "mode": _mode_hparam(("representation", "full")),
+        "mode": _mode_hparam(("representation", "grouped", "full")),
         "leak": HParam(default=0.0, low=0.0, high=1.0, doc="share of each gradient that always passes; paper: 0"),
     }
 
@@ -418,7 +420,7 @@ class ConFIG(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
     """
 
     paper = "Liu, Chu, Thuerey. ConFIG: towards conflict-free training of physics informed neural networks. ICLR 2025, eq. 2"
@@ -449,7 +451,7 @@ class FairGrad(GradientAggregation):
 
     Args:
         tasks: Every task name.
-        mode: ``"full"`` or ``"representation"`` (searched: both).
+        mode: ``"full"``, ``"representation"`` or ``"grouped"`` (searched: all three).
         alpha: ``α > 0``. Default 1; searched in [0.1, 10] (log), around the paper's values.
     """
 

@@ -27,6 +27,17 @@ rows are the same per-task gradients, not an approximation. What it saves is the
 traversal of heads and shared blocks; what remains is ``Σ_{S'} |S'|`` vector-Jacobian products
 through the blocks of each shared segment that has a shared parent, which no exact method can
 avoid (each task's row at the parent is a different product).
+
+``grouped=True`` (the ``"grouped"`` mode of :class:`automtl.balance.GradientAggregation`)
+drops that cost by an approximation: at ``S``, each deeper shared segment ``S'`` right below
+it counts as one objective, whose row is the gradient that ``S'``'s own aggregate sends into
+``z_S``, ``(∂z_{S'}/∂z_S)ᵀ a_{S'}``; the direct tasks keep their own rows. That row flows
+through ``S'``'s blocks during the pass anyway, and graph hooks on ``S'``'s first operations
+capture it, so a nested tree costs about what hard parameter sharing does. The update of
+``S`` still depends on exactly the tasks below it, aggregated hierarchically (first within
+``S'``, then at ``S``) rather than all at once; under hard parameter sharing, or wherever no
+shared segment sits below another, it is the same as the exact mode. A task below ``S'``
+reports ``S``'s weight of ``S'``'s row times its own weight in ``S'``.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ import torch
 from automtl.balance._rows import RowCapture
 from automtl.balance._tree import Segment
 
-__all__ = ["AggregateFn", "parent_segments", "representation_backward"]
+__all__ = ["AggregateFn", "group_label", "parent_segments", "representation_backward"]
 
 #: ``(tasks, J [m, n]) -> (aggregate [n], weights [m] or None)``.
 AggregateFn = Callable[[tuple[str, ...], torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -59,11 +70,18 @@ def parent_segments(shared: Sequence[Segment]) -> list[int | None]:
     return parents
 
 
+def group_label(tasks: Sequence[str]) -> str:
+    """The row name of a sub-group in ``"grouped"`` mode (``("a", "b")`` -> ``"group:a+b"``)."""
+    return "group:" + "+".join(tasks)
+
+
 def representation_backward(
     losses: Mapping[str, torch.Tensor],
     segs: Sequence[Segment],
     outputs: Sequence[torch.Tensor],
     aggregate: AggregateFn,
+    *,
+    grouped: bool = False,
 ) -> list[tuple[tuple[str, ...], torch.Tensor | None]]:
     """Write representation-mode gradients for every parameter of ``segs`` (see module docstring).
 
@@ -73,11 +91,17 @@ def representation_backward(
             included (they receive their task's plain gradient).
         outputs: For each segment of ``segs`` with two or more tasks, in order, its output
             ``z_S`` ``[N, ...]`` (still in the graph).
-        aggregate: Combines the rows of one segment.
+        aggregate: Combines the rows of one segment. It receives the rows' names: task names,
+            and in ``grouped`` mode :func:`group_label` for a sub-group's row.
+        grouped: Each shared segment ``S'`` below another ``S`` enters ``S``'s aggregation as
+            one row, the gradient its own aggregate sends into ``z_S``
+            (``(∂z_{S'}/∂z_S)ᵀ a_{S'}``), instead of one row per task (see module docstring).
 
     Returns:
         ``(tasks, weights)`` of every shared segment (``weights`` ``[m]`` or ``None``), in the
-        order in which the backward pass reached them (deepest first).
+        order in which the backward pass reached them (deepest first). In ``grouped`` mode a
+        task below a sub-group gets its effective weight: the sub-group row's weight times the
+        task's own weight in the sub-group (``None`` if an aggregator on the way gives none).
     """
     shared = [s for s in segs if len(s.tasks) > 1]
     if len(outputs) != len(shared):
@@ -91,12 +115,33 @@ def representation_backward(
 
     parents = parent_segments(shared)
     deeper: dict[int, set[str]] = {i: set() for i in range(len(shared))}
-    for i, p in enumerate(parents):
+    child_of_task: dict[int, dict[str, int]] = {i: {} for i in range(len(shared))}
+    for j, p in enumerate(parents):
         if p is not None:
-            deeper[p].update(shared[i].tasks)
+            deeper[p].update(shared[j].tasks)
+            child_of_task[p].update({t: j for t in shared[j].tasks})
     # Each task is direct at the deepest shared segment on its path, and at no other.
     direct = {t: outputs[i] for i, s in enumerate(shared) for t in s.tasks if t not in deeper[i]}
-    capture = RowCapture.create(losses, direct)
+    # The rows of each segment, by name: its tasks, or (grouped) its direct tasks and sub-groups.
+    labels: list[tuple[str, ...]] = []
+    for i, seg in enumerate(shared):
+        if not grouped:
+            labels.append(seg.tasks)
+            continue
+        names: list[str] = []
+        for t in seg.tasks:
+            name = t if t not in deeper[i] else group_label(shared[child_of_task[i][t]].tasks)
+            if name not in names:
+                names.append(name)
+        labels.append(tuple(names))
+    z_of: dict[str, torch.Tensor] = dict(direct)
+    via: dict[str, str] = {}
+    if grouped:
+        for j, p in enumerate(parents):
+            if p is not None:
+                name = group_label(shared[j].tasks)
+                z_of[name], via[name] = outputs[p], shared[j].tasks[0]
+    capture = RowCapture.create(losses, z_of, via)
     rows: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(shared))}
     if capture is None:
         # A consumer of some z_S is shared after all: take those rows the slow way, first.
@@ -106,10 +151,19 @@ def representation_backward(
                     got = torch.autograd.grad(losses[t], outputs[i], retain_graph=True, allow_unused=True)[0]
                     rows[i][t] = torch.zeros_like(outputs[i]) if got is None else got
     reported: list[tuple[tuple[str, ...], torch.Tensor | None]] = []
+    effective: dict[int, dict[str, float] | None] = {}
     # The vector-Jacobian products below run inside a hook, as nested backward passes that
     # start at z_S and end at z_parent: both fire these same tensor hooks, which must then let
     # the gradient through untouched.
     nested = [False]
+
+    def vjp(z: torch.Tensor, z_parent: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+        nested[0] = True
+        try:
+            got = torch.autograd.grad(z, z_parent, cotangent, retain_graph=True, allow_unused=True)[0]
+        finally:
+            nested[0] = False
+        return torch.zeros_like(z_parent) if got is None else got
 
     def make_hook(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         seg, z, parent = shared[i], outputs[i], parents[i]
@@ -119,24 +173,43 @@ def representation_backward(
                 return grad
             mine = rows[i]
             if capture is not None:
-                for t in seg.tasks:
-                    if t not in mine:
-                        mine[t] = capture.rows.get(t, torch.zeros_like(z))
-            matrix = torch.stack([mine[t].reshape(-1) for t in seg.tasks])
-            vector, weights = aggregate(seg.tasks, matrix)
-            reported.append((seg.tasks, weights))
+                for name in labels[i]:
+                    if name not in mine:
+                        mine[name] = capture.rows.get(name, torch.zeros_like(z))
+            matrix = torch.stack([mine[name].reshape(-1) for name in labels[i]])
+            vector, weights = aggregate(labels[i], matrix)
+            if grouped:
+                reported.append((seg.tasks, _effective(i, weights)))
+            else:
+                reported.append((seg.tasks, weights))
             if parent is not None:
                 z_parent = outputs[parent]
-                nested[0] = True
-                try:
+                if not grouped:
                     for t in seg.tasks:
-                        got = torch.autograd.grad(z, z_parent, mine[t], retain_graph=True, allow_unused=True)[0]
-                        rows[parent][t] = torch.zeros_like(z_parent) if got is None else got
-                finally:
-                    nested[0] = False
+                        rows[parent][t] = vjp(z, z_parent, mine[t])
+                elif capture is None:
+                    rows[parent][group_label(seg.tasks)] = vjp(z, z_parent, vector.view_as(z).to(z.dtype))
             return vector.view_as(grad).to(grad.dtype)
 
         return hook
+
+    def _effective(i: int, weights: torch.Tensor | None) -> torch.Tensor | None:
+        mine: dict[str, float] | None = None
+        if weights is not None:
+            of_row = dict(zip(labels[i], weights.detach().cpu().tolist()))
+            mine = {}
+            for t in shared[i].tasks:
+                j = child_of_task[i].get(t)
+                if j is None:
+                    mine[t] = of_row[t]
+                    continue
+                below = effective.get(j)
+                if below is None:
+                    mine = None
+                    break
+                mine[t] = of_row[group_label(shared[j].tasks)] * below[t]
+        effective[i] = mine
+        return None if mine is None else torch.tensor([mine[t] for t in shared[i].tasks], dtype=torch.float64)
 
     handles = [z.register_hook(make_hook(i)) for i, z in enumerate(outputs)]
     try:

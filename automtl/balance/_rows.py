@@ -49,7 +49,8 @@ class RowCapture:
 
     Use :meth:`create`; inside the ``with`` block run one backward pass of a weighted sum of the
     losses that reaches each ``z_t``; afterwards :attr:`rows` holds, per task, ``c_t ∂L_t/∂z_t``
-    (shape of ``z_t``).
+    (shape of ``z_t``); per key of a sub-group (``via``), the gradient that reached ``z``
+    through the sub-group's blocks.
     """
 
     def __init__(self, consumers: dict[str, list[tuple[Any, int]]]) -> None:
@@ -58,22 +59,37 @@ class RowCapture:
         self.rows: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def create(cls, losses: Mapping[str, torch.Tensor], z_of_task: Mapping[str, torch.Tensor]) -> RowCapture | None:
-        """A capture for each task of ``z_of_task``, or ``None`` if some consumer of a ``z_t`` is
-        shared between tasks (or is not found)."""
+    def create(
+        cls,
+        losses: Mapping[str, torch.Tensor],
+        z_of: Mapping[str, torch.Tensor],
+        via: Mapping[str, str] | None = None,
+    ) -> RowCapture | None:
+        """A capture for each key of ``z_of``, or ``None`` if some consumer of a ``z`` is
+        shared between keys (or is not found).
+
+        Args:
+            losses: Scalar loss of every task.
+            z_of: Per key (a task name, unless ``via`` says otherwise), the tensor ``z`` whose
+                gradient is captured.
+            via: Per key that is not a task name, a task whose loss reaches ``z`` through the
+                consumers to hook (e.g. any task of a sub-group whose blocks read ``z``); the
+                captured row is then what flows into ``z`` through those consumers.
+        """
+        via = via or {}
         owner: dict[Any, str] = {}
         consumers: dict[str, list[tuple[Any, int]]] = {}
-        for t, z in z_of_task.items():
-            loss = losses[t]
+        for key, z in z_of.items():
+            loss = losses[via.get(key, key)]
             if z.grad_fn is None or loss.grad_fn is None:
                 return None
             found = _consumers(loss.grad_fn, (z.grad_fn, z.output_nr))
             if not found:
                 return None
             for node, _ in found:
-                if owner.setdefault(node, t) != t:
+                if owner.setdefault(node, key) != key:
                     return None
-            consumers[t] = found
+            consumers[key] = found
         return cls(consumers)
 
     def __enter__(self) -> RowCapture:  # noqa: PYI034

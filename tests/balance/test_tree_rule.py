@@ -126,10 +126,11 @@ def test_representation_mode_is_mgda_ub() -> None:
         torch.testing.assert_close(ours[names[id(p)]], g, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["full", "representation"])
+@pytest.mark.parametrize("mode", ["full", "representation", "grouped"])
 def test_aggregate_is_a_combination_of_exactly_the_segment_tasks(mode: str) -> None:
     """The trunk of the branched tree receives α_a ∇L_a + α_b ∇L_b + α_c ∇L_c and the {a, b}
-    blocks β_a ∇L_a + β_b ∇L_b, with the weights that the balancer reports for the trunk."""
+    blocks β_a ∇L_a + β_b ∇L_b, with the weights that the balancer reports for the trunk (in
+    'grouped' mode, α_a = γ_ab β_a: the {a, b} row's weight times a's weight within it)."""
     net = make_net(BRANCHED)
     batch = make_batch()
     weights, _ = step(net, create_balancer("mgda", TASKS, mode=mode), batch)
