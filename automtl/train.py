@@ -219,7 +219,8 @@ def fit(
             if on_batch is not None:
                 on_batch(BatchContext(net, optimizer, batch, epoch, step))
             features = net.features(batch.x)
-            losses = task_losses(net, batch, net.heads_forward(features))
+            outputs = net.heads_forward(features)
+            losses = task_losses(net, batch, outputs)
             if not losses:
                 continue
             stacked = torch.stack([loss.detach() for loss in losses.values()])
@@ -230,7 +231,7 @@ def fit(
                 if bad is not None:
                     raise NonFiniteLossError(bad, epoch, step, float(losses[bad].detach()))
             optimizer.zero_grad(set_to_none=True)
-            ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features})
+            ctx = StepContext(param_groups, epoch=epoch, step=step, extra={"features": features, "outputs": outputs})
             weights = balancer.backward(losses, ctx)
             optimizer.step()
             step_tasks.append(tuple(losses))

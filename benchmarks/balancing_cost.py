@@ -3,7 +3,7 @@
 Measures, in one run, one full training step (forward pass, masked task losses,
 ``balancer.backward``, optimizer step: the body of :func:`automtl.train.fit`'s loop) for every
 registered balancer, and for a gradient-aggregation balancer in each of its modes
-(``representation``, the cheap mode, and ``full``). Two networks:
+(``representation`` and ``grouped``, the cheap modes, and ``full``). Two networks:
 
 * ``quickstart CNN``: ``search_spaces/quickstart.yaml``'s ``small_cnn`` (channels 8/16/32,
   hidden 32) on ``fashion_scenes`` (11 tasks, 20% of labels hidden), batch 64;
@@ -12,9 +12,12 @@ registered balancer, and for a gradient-aggregation balancer in each of its mode
 
 each as a hard-parameter-sharing tree (``hps``) and as a branched tree (``branched``: two
 groups leave the trunk after block 0, and every third task leaves its group before the last
-block). Steps are interleaved (one step of every configuration, then the next round), so
-load from other processes hits all configurations alike; the table reports the median over
-the timed rounds and the ratio of that median to equal weighting's on the same network.
+block). Configurations are interleaved: each round gives every configuration a burst of
+``--burst`` consecutive steps on its own network, as training does, and times all but the
+first of them (which follows another network's step, with that network's data in the
+caches), so load from other processes hits all configurations alike. The table reports the
+median over the timed steps and the ratio of that median to equal weighting's on the same
+network.
 
 Usage::
 
@@ -22,8 +25,10 @@ Usage::
     python benchmarks/balancing_cost.py --write          # also update benchmarks/RESULTS.md
     python benchmarks/balancing_cost.py --rounds 5 --only equal,upgrad   # a quick look
 
-Goals (issue 3): loss weighting within 1.10x of equal weighting; gradient aggregation within
-2x in the representation mode; the full mode measured and reported.
+Goals (issue 3): loss weighting within 1.10x of equal weighting (GradNorm in its cheap
+``representation`` mode; its ``full`` mode reported); gradient aggregation within 2x in a
+cheap mode (``representation``, exact, or ``grouped``, which differs from it only on nested
+trees); the full mode measured and reported.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import copy
 import datetime
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -162,9 +168,11 @@ def step(cfg: Config, batch: Any, index: int) -> float:
     net, bal, opt = cfg.net, cfg.bal, cfg.optimizer
     start = time.perf_counter()
     features = net.features(batch.x)
-    losses = task_losses(net, batch, net.heads_forward(features))
+    outputs = net.heads_forward(features)
+    losses = task_losses(net, batch, outputs)
     opt.zero_grad(set_to_none=True)
-    bal.backward(losses, StepContext(cfg_groups[id(net)], epoch=0, step=index, extra={"features": features}))
+    extra = {"features": features, "outputs": outputs}
+    bal.backward(losses, StepContext(cfg_groups[id(net)], epoch=0, step=index, extra=extra))
     opt.step()
     return time.perf_counter() - start
 
@@ -201,15 +209,19 @@ def build(setups: list[Setup], only: set[str] | None, tree_names: set[str]) -> t
     return configs, batches
 
 
-def run(configs: list[Config], batches: dict[str, list[Any]], rounds: int, warmup: int) -> None:
+def run(configs: list[Config], batches: dict[str, list[Any]], rounds: int, warmup: int, burst: int) -> None:
+    """``warmup + rounds`` rounds; per round, ``burst`` consecutive steps of each configuration,
+    all but the first timed (from the round ``warmup`` on)."""
     for r in range(warmup + rounds):
         for cfg in configs:
             if cfg.bal is None:
                 continue
             bs = batches[cfg.setup]
-            seconds = step(cfg, bs[r % len(bs)], r)
-            if r >= warmup:
-                cfg.times.append(seconds)
+            for k in range(burst):
+                index = r * burst + k
+                seconds = step(cfg, bs[index % len(bs)], index)
+                if r >= warmup and (k > 0 or burst == 1):
+                    cfg.times.append(seconds)
         print(f"round {r + 1}/{warmup + rounds}", file=sys.stderr, flush=True)
 
 
@@ -236,23 +248,43 @@ def table(configs: list[Config]) -> str:
     return "\n".join(lines)
 
 
-def goals(configs: list[Config]) -> list[str]:
+CHEAP_MODES = ("representation", "grouped")
+
+
+def goals(configs: list[Config]) -> tuple[list[str], list[str]]:
+    """The goals missed, and the exact ``representation`` mode's readings above 2x (reported).
+
+    Loss weighting: at most 1.10x (GradNorm in ``representation`` mode; ``full`` is reported).
+    Gradient aggregation: at most 2x in its best cheap mode (``representation`` or ``grouped``)
+    on each network and tree; a method with no cheap mode (ExcessMTL) is reported only.
+    """
     base = {(c.setup, c.tree): statistics.median(c.times) for c in configs if c.balancer == "equal" and c.times}
-    missed = []
+    missed: list[str] = []
+    exact_over: list[str] = []
+    cheap: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
     for cfg in configs:
         if cfg.error or not cfg.times or cfg.balancer == "equal":
             continue
         ratio = statistics.median(cfg.times) / base[(cfg.setup, cfg.tree)]
-        if cfg.family == "loss_weighting" and ratio > 1.10:
+        if cfg.family == "loss_weighting" and cfg.mode != "full" and ratio > 1.10:
             missed.append(f"{cfg.balancer} ({cfg.mode}) {cfg.setup} {cfg.tree}: {ratio:.2f}x > 1.10x")
-        if cfg.family == "gradient_aggregation" and cfg.mode == "representation" and ratio > 2.0:
-            missed.append(f"{cfg.balancer} (representation) {cfg.setup} {cfg.tree}: {ratio:.2f}x > 2x")
-    return missed
+        if cfg.family == "gradient_aggregation" and cfg.mode in CHEAP_MODES:
+            cheap.setdefault((cfg.balancer, cfg.setup, cfg.tree), []).append((ratio, cfg.mode))
+            if cfg.mode == "representation" and ratio > 2.0:
+                exact_over.append(f"{cfg.balancer} (representation) {cfg.setup} {cfg.tree}: {ratio:.2f}x")
+    for (name, setup, tree), readings in cheap.items():
+        ratio, mode = min(readings)
+        if ratio > 2.0:
+            missed.append(f"{name} (best cheap mode: {mode}) {setup} {tree}: {ratio:.2f}x > 2x")
+    return missed, exact_over
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=25, help="timed steps per configuration (median taken)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds (median over their steps)")
+    parser.add_argument(
+        "--burst", type=int, default=4, help="consecutive steps per configuration per round; the first is not timed"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--only", default="", help="comma-separated balancer names (equal is always included)")
@@ -269,17 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     load_before = f"{os.getloadavg()[0]:.1f}"
     configs, batches = build(setups, only, set(args.trees.split(",")))
-    run(configs, batches, args.rounds, args.warmup)
-    command = "python benchmarks/balancing_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    missed = goals(configs)
+    if args.burst < 1:
+        parser.error("--burst must be at least 1")
+    run(configs, batches, args.rounds, args.warmup, args.burst)
+    command = "python benchmarks/balancing_cost.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    missed, exact_over = goals(configs)
     text = "\n".join(
         [
             SECTION,
             "",
             (
-                f"Time per training step (forward, losses, `balancer.backward`, AdamW step; median of {args.rounds} "
-                f"interleaved steps after {args.warmup} warm-up steps; lower is better) and its ratio to equal "
-                "weighting on the same network and tree."
+                "Time per training step (forward, losses, `balancer.backward`, AdamW step; lower is better) and "
+                "its ratio to equal weighting on the same network and tree: the median of "
+                f"{args.rounds * max(args.burst - 1, 1)} timed steps, from {args.rounds} interleaved rounds of "
+                f"{args.burst} consecutive steps per configuration, the first step of each burst untimed, after "
+                f"{args.warmup} warm-up rounds."
             ),
             "",
             f"- command: `{command.strip()}`",
@@ -291,12 +327,19 @@ def main(argv: list[str] | None = None) -> int:
                 "parameter sharing; `branched`: two task groups leave the trunk after block 0, every third task "
                 "leaves its group before the last block."
             ),
-            "- goals: loss weighting <= 1.10x; gradient aggregation <= 2x in `representation` mode; `full` reported.",
+            (
+                "- goals: loss weighting <= 1.10x (GradNorm in its cheap `representation` mode; `full` reported); "
+                "gradient aggregation <= 2x in a cheap mode (`representation` or `grouped`); `full` reported."
+            ),
             "",
             table(configs),
             "",
             "Goals missed in this run: " + ("none." if not missed else ""),
             *[f"- {m}" for m in missed],
+            "",
+            "Exact `representation` mode above 2x (reported; `grouped` is the cheap mode there): "
+            + ("none." if not exact_over else ""),
+            *[f"- {m}" for m in exact_over],
             "",
             NOTES,
         ]

@@ -69,7 +69,11 @@ class StepContext:
             every tree node of this forward pass, ``{Node: [N, ...]}`` (still in the graph), for
             methods that aggregate gradients of shared representations (gradient aggregation
             in ``"representation"`` mode, GradNorm in ``"representation"`` mode); they raise a
-            ``ValueError`` when it is missing.
+            ``ValueError`` when it is missing. It also puts ``"outputs"``: every task's head
+            output, ``{task: [N] or [N, o]}`` (still in the graph), where each head is the
+            affine map ``y = z Wᵀ + b`` of its leaf node's output (an ``nn.Linear``, whose
+            weight is its parameter group's first parameter); GradNorm's representation mode
+            reads its gradient norms from them.
     """
 
     param_groups: Sequence[ParamGroup]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -27,6 +28,27 @@ def _row_norms(rows: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch
     return torch.stack([torch.linalg.vector_norm(r.detach()) if r is not None else zero for r in rows])
 
 
+def _linear_head_norms(grads: Sequence[torch.Tensor | None], weights: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``‖g_t W_t‖_F`` for each task, ``[k]``, detached: the norm of the gradient that an affine
+    head ``y = z Wᵀ + b`` sends into its input ``z``, from the gradient ``g_t`` of its output
+    (``[N]`` for one output, else ``[N, o]``) and its weight ``W_t`` ``[o, d]``:
+    ``‖g W‖_F² = Σ (gᵀg) ⊙ (W Wᵀ)``, which for ``o = 1`` is ``‖g‖² ‖W‖²``. ``None``: 0."""
+    if all(g is not None and g.dim() == 1 for g in grads) and len({g.shape for g in grads if g is not None}) == 1:
+        if len({w.shape for w in weights}) == 1 and weights[0].shape[0] == 1:
+            g_norms = torch.linalg.vector_norm(torch.stack([g.detach() for g in grads if g is not None]), dim=1)
+            w_norms = torch.linalg.vector_norm(torch.stack([w.detach().reshape(-1) for w in weights]), dim=1)
+            return g_norms * w_norms
+    out = []
+    for g, w in zip(grads, weights):
+        if g is None:
+            out.append(like.new_zeros(()))
+            continue
+        g2 = g.detach().reshape(g.shape[0], -1)
+        w2 = w.detach()
+        out.append(torch.sqrt(((g2.T @ g2) * (w2 @ w2.T)).sum().clamp_min(0)))
+    return torch.stack(out)
+
+
 @register_balancer("gradnorm")
 class GradNorm(Balancer):
     """GradNorm: task weights that pull every task's gradient norm towards a common target.
@@ -47,9 +69,14 @@ class GradNorm(Balancer):
     backbone block (the block feeding its head): under hard parameter sharing this is the
     paper's choice, "the last shared layer"; in a branched tree every task's ``W`` is a copy
     of the same block, so the norms stay comparable. ``"representation"`` — the output of that
-    block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost: where each head reads its block's output ``z`` alone (automtl's networks), the
+    block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost:
+    where the trainer passes the heads' outputs (``ctx.extra["outputs"]``, automtl's affine
+    heads ``y_t = z W_tᵀ + b_t``), ``"representation"`` takes ``‖∂(w_t L_t)/∂z‖ = ‖g_t W_t‖``
+    from the gradient ``g_t`` of each head's output, read by a tensor hook during the
+    network's own backward pass (``[N, o]``, not ``[N, d]``), so it needs nothing more. Where
+    each head reads its block's output ``z`` alone (automtl's networks), the
     per-task gradients ``w_t ∂L_t/∂z`` are captured during the network's own backward pass;
-    ``"representation"`` then needs nothing more, and ``"full"`` one batched vector-Jacobian
+    ``"full"`` then needs one batched vector-Jacobian
     product per leaf block, ``(∂z/∂W)ᵀ`` applied to the tasks' rows at once
     (``torch.autograd.grad(..., is_grads_batched=True)``), since ``W`` reaches a task's loss only
     through ``z``. Otherwise (no ``ctx.extra["features"]``, or a head that shares operations
@@ -101,6 +128,7 @@ class GradNorm(Balancer):
         self._initial: list[float | None] = [None] * n
         self._adam = ScalarAdam(n, lr=self.lr)
         self._leaf_cache: tuple[int, dict[str, ParamGroup]] | None = None
+        self._head_cache: tuple[int, dict[str, torch.Tensor]] | None = None
 
     @property
     def task_weights(self) -> torch.Tensor:
@@ -128,6 +156,41 @@ class GradNorm(Balancer):
         if any(leaves[t].key not in features for t in losses):
             return None
         return {t: features[leaves[t].key] for t in losses}
+
+    def _linear_heads(
+        self, losses: Mapping[str, torch.Tensor], ctx: StepContext
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Each task's head output and head weight ``[o, d]`` when ``ctx.extra["outputs"]`` holds
+        every task of ``losses`` and every head group is one affine map (a weight ``[o, d]``,
+        perhaps a bias ``[o]``, and an output of ``o`` columns); else ``None``."""
+        outputs = ctx.extra.get("outputs")
+        if not outputs:
+            return None
+        key = id(ctx.param_groups)
+        if self._head_cache is None or self._head_cache[0] != key:
+            heads: dict[str, torch.Tensor] = {}
+            for group in ctx.param_groups:
+                params = group.params
+                if (
+                    group.key.startswith("head:")
+                    and len(group.tasks) == 1
+                    and len(params) in (1, 2)
+                    and params[0].dim() == 2
+                    and (len(params) == 1 or params[1].shape == params[0].shape[:1])
+                ):
+                    heads[group.tasks[0]] = params[0]
+            self._head_cache = (key, heads)
+        heads = self._head_cache[1]
+        ys, ws = [], []
+        for t in losses:
+            y, w = outputs.get(t), heads.get(t)
+            if y is None or w is None or not y.requires_grad:
+                return None
+            if (y.shape[-1] if y.dim() > 1 else 1) != w.shape[0]:
+                return None
+            ys.append(y)
+            ws.append(w)
+        return ys, ws
 
     def _representations(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         reps = self._leaf_outputs(losses, ctx)
@@ -198,7 +261,20 @@ class GradNorm(Balancer):
         stacked = torch.stack(list(losses.values()))
         total = torch.tensor(w, dtype=stacked.dtype, device=stacked.device) @ stacked
         capture, reps = None, None
-        if len(losses) > 1:
+        heads = self._linear_heads(losses, ctx) if self.mode == "representation" and len(losses) > 1 else None
+        if heads is not None:
+            # ‖w_t ∂L_t/∂z‖ from each head's output gradient and weight: one tensor hook per head
+            outs, head_weights = heads
+            got: dict[int, torch.Tensor] = {}
+            handles = [y.register_hook(functools.partial(got.__setitem__, i)) for i, y in enumerate(outs)]
+            try:
+                total.backward()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            norm_tensor: torch.Tensor | None = _linear_head_norms([got.get(i) for i in range(len(outs))], head_weights, stacked)
+            rows_weighted = True
+        elif len(losses) > 1:
             # The heads' gradients of their inputs are captured during the network's own
             # backward pass when each head reads its input alone.
             reps = self._representations(losses, ctx) if self.mode == "representation" else self._leaf_outputs(losses, ctx)
@@ -210,11 +286,13 @@ class GradNorm(Balancer):
             rows = [capture.rows.get(t) for t in losses]
             if self.mode == "representation":
                 # the captured rows are of w_t L_t: their norms are divided by w_t below
-                norm_tensor: torch.Tensor | None = _row_norms(rows, stacked)
+                norm_tensor = _row_norms(rows, stacked)
             else:
                 norm_tensor = self._block_norms(losses, reps, rows, ctx)
-        else:
+            rows_weighted = True
+        if heads is None and capture is None:
             norm_tensor = self.gradient_norms(losses, ctx) if len(losses) > 1 else None
+            rows_weighted = False
             total.backward()
         # One device-to-host copy per step for the losses and the norms together.
         k = len(losses)
@@ -224,7 +302,7 @@ class GradNorm(Balancer):
             dtype = torch.promote_types(stacked.dtype, norm_tensor.dtype)
             both = torch.cat([stacked.detach().to(dtype), norm_tensor.to(dtype)]).tolist()
             loss_values, norms = both[:k], both[k:]
-            if capture is not None:  # captured rows are of w_t L_t
+            if rows_weighted:  # captured gradients are of w_t L_t
                 norms = [n / a for n, a in zip(norms, w)]
         self._update(idx, w, loss_values, norms)
         return dict(zip(losses, w))

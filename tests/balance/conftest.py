@@ -74,10 +74,12 @@ def make_batch(tasks: Sequence[str] = TASKS, n: int = 12, seed: int = 1, hidden:
 def step(net: BranchedNet, balancer: Balancer, batch: Split, step_index: int = 0) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """What :func:`automtl.train.fit` does in one step, up to (not including) the optimizer."""
     features = net.features(batch.x)
-    losses = task_losses(net, batch, net.heads_forward(features))
+    outputs = net.heads_forward(features)
+    losses = task_losses(net, batch, outputs)
     net.zero_grad(set_to_none=True)
     balancer.zero_grad(set_to_none=True)
-    weights = balancer.backward(losses, StepContext(net.param_groups(), 0, step_index, {"features": features}))
+    extra = {"features": features, "outputs": outputs}
+    weights = balancer.backward(losses, StepContext(net.param_groups(), 0, step_index, extra))
     return weights, losses
 
 

@@ -259,3 +259,81 @@ def _gradnorm_step(bal: GradNorm, losses: dict[str, torch.Tensor]) -> dict[str, 
     scaled = {t: loss * params[t] for t, loss in losses.items()}
     groups = [ParamGroup(f"b0:{t}", (t,), (params[t],)) for t in sorted(losses)]
     return bal.backward(scaled, StepContext(groups))
+
+
+@pytest.mark.parametrize("shapes", [[1, 1, 1], [3, 1, 4]], ids=["one-output-heads", "mixed-widths"])
+def test_gradnorm_head_norms_equal_the_input_gradient_norm(shapes: list[int]) -> None:
+    """‖g W‖ from a head's output gradient and weight is the norm of the gradient it sends into
+    its input, checked against autograd for one-output (squeezed) and wider heads."""
+    from automtl.balance._gradnorm import _linear_head_norms
+
+    torch.manual_seed(0)
+    grads, weights, want = [], [], []
+    for o in shapes:
+        z = torch.randn(7, 5, requires_grad=True)
+        head = torch.nn.Linear(5, o)
+        y = head(z)
+        y = y.squeeze(-1) if o == 1 else y
+        g = torch.randn_like(y)
+        want.append(torch.linalg.vector_norm(torch.autograd.grad(y, z, g)[0]))
+        grads.append(g)
+        weights.append(head.weight)
+    got = _linear_head_norms(grads, weights, torch.zeros(()))
+    torch.testing.assert_close(got, torch.stack(want))
+
+
+@pytest.mark.parametrize("partitions", [HPS, BRANCHED], ids=["hps", "branched"])
+@pytest.mark.parametrize("hidden", [(), ("b",)], ids=["all-labelled", "b-masked"])
+def test_gradnorm_representation_paths_agree(partitions: list, hidden: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"representation" from the heads' outputs (what the trainer passes), from the captured
+    head-input rows (features only) and from one backward pass per task (features only, no
+    graph hooks): the same weights step after step, and the same parameter gradients."""
+    from automtl.balance import _gradnorm
+    from automtl.train import task_losses
+
+    nets = [make_net(partitions) for _ in range(3)]
+    bals = [GradNorm(list(TASKS), mode="representation") for _ in range(3)]
+    used = {"heads": 0, "capture": 0, "per_task": 0}
+    real_create, real_norms, real_heads = _gradnorm.RowCapture.create, GradNorm.gradient_norms, GradNorm._linear_heads
+    hooks_off = [False]
+
+    def create(cls, *args):
+        got = None if hooks_off[0] else real_create(*args)
+        used["capture"] += got is not None
+        return got
+
+    def per_task(self, *args):
+        used["per_task"] += 1
+        return real_norms(self, *args)
+
+    def heads(self, *args):
+        got = real_heads(self, *args)
+        used["heads"] += got is not None
+        return got
+
+    monkeypatch.setattr(_gradnorm.RowCapture, "create", classmethod(create))
+    monkeypatch.setattr(GradNorm, "gradient_norms", per_task)
+    monkeypatch.setattr(GradNorm, "_linear_heads", heads)
+    for i in range(4):
+        batch = make_batch(seed=20 + i, hidden=hidden if i % 2 else ())
+        for k, (net, bal) in enumerate(zip(nets, bals)):
+            features = net.features(batch.x)
+            outputs = net.heads_forward(features)
+            losses = task_losses(net, batch, outputs)
+            net.zero_grad(set_to_none=True)
+            hooks_off[0] = k == 2
+            extra = {"features": features, "outputs": outputs} if k == 0 else {"features": features}
+            bal.backward(losses, StepContext(net.param_groups(), 0, i, extra))
+        for bal in bals[1:]:
+            torch.testing.assert_close(bal.task_weights, bals[0].task_weights, rtol=1e-5, atol=1e-6)
+        for params in zip(*(net.parameters() for net in nets)):
+            for q in params[1:]:
+                assert (q.grad is None) == (params[0].grad is None)
+                if q.grad is not None:
+                    torch.testing.assert_close(q.grad, params[0].grad)
+            with torch.no_grad():
+                for q in params:
+                    if q.grad is not None:
+                        q -= 0.1 * q.grad
+    assert not torch.allclose(bals[0].task_weights, torch.ones(3))
+    assert used == {"heads": 4, "capture": 4, "per_task": 4}  # each path, once per step
