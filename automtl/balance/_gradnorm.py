@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -72,8 +71,8 @@ class GradNorm(Balancer):
     block (the heads' input, ``[N, d]``), the cheaper choice of LibMTL's ``rep_grad``. Cost:
     where the trainer passes the heads' outputs (``ctx.extra["outputs"]``, automtl's affine
     heads ``y_t = z W_tᵀ + b_t``), ``"representation"`` takes ``‖∂(w_t L_t)/∂z‖ = ‖g_t W_t‖``
-    from the gradient ``g_t`` of each head's output, read by a tensor hook during the
-    network's own backward pass (``[N, o]``, not ``[N, d]``), so it needs nothing more. Where
+    from the gradient ``g_t`` of each head's output, kept during the network's own backward
+    pass by ``retain_grad`` (``[N, o]``, not ``[N, d]``), so it needs nothing more. Where
     each head reads its block's output ``z`` alone (automtl's networks), the
     per-task gradients ``w_t ∂L_t/∂z`` are captured during the network's own backward pass;
     ``"full"`` then needs one batched vector-Jacobian
@@ -263,16 +262,13 @@ class GradNorm(Balancer):
         capture, reps = None, None
         heads = self._linear_heads(losses, ctx) if self.mode == "representation" and len(losses) > 1 else None
         if heads is not None:
-            # ‖w_t ∂L_t/∂z‖ from each head's output gradient and weight: one tensor hook per head
+            # ‖w_t ∂L_t/∂z‖ from each head's output gradient (kept by retain_grad, autograd's
+            # own C++ hook: it leaves .grad set on the trainer's output tensors) and weight
             outs, head_weights = heads
-            got: dict[int, torch.Tensor] = {}
-            handles = [y.register_hook(functools.partial(got.__setitem__, i)) for i, y in enumerate(outs)]
-            try:
-                total.backward()
-            finally:
-                for handle in handles:
-                    handle.remove()
-            norm_tensor: torch.Tensor | None = _linear_head_norms([got.get(i) for i in range(len(outs))], head_weights, stacked)
+            for y in outs:
+                y.retain_grad()
+            total.backward()
+            norm_tensor: torch.Tensor | None = _linear_head_norms([y.grad for y in outs], head_weights, stacked)
             rows_weighted = True
         elif len(losses) > 1:
             # The heads' gradients of their inputs are captured during the network's own
