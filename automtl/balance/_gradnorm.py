@@ -32,11 +32,13 @@ def _linear_head_norms(grads: Sequence[torch.Tensor | None], weights: Sequence[t
     head ``y = z Wᵀ + b`` sends into its input ``z``, from the gradient ``g_t`` of its output
     (``[N]`` for one output, else ``[N, o]``) and its weight ``W_t`` ``[o, d]``:
     ``‖g W‖_F² = Σ (gᵀg) ⊙ (W Wᵀ)``, which for ``o = 1`` is ``‖g‖² ‖W‖²``. ``None``: 0."""
-    if all(g is not None and g.dim() == 1 for g in grads) and len({g.shape for g in grads if g is not None}) == 1:
-        if len({w.shape for w in weights}) == 1 and weights[0].shape[0] == 1:
-            g_norms = torch.linalg.vector_norm(torch.stack([g.detach() for g in grads if g is not None]), dim=1)
-            w_norms = torch.linalg.vector_norm(torch.stack([w.detach().reshape(-1) for w in weights]), dim=1)
-            return g_norms * w_norms
+    present = [g for g in grads if g is not None]
+    one_output = len(present) == len(grads) and all(g.dim() == 1 for g in present)
+    if one_output and len({g.shape for g in present}) == 1 and len({w.shape for w in weights}) == 1 and weights[0].shape[0] == 1:
+        # every head has one output and the same width: two stacked norms
+        g_norms = torch.linalg.vector_norm(torch.stack([g.detach() for g in present]), dim=1)
+        w_norms = torch.linalg.vector_norm(torch.stack([w.detach().reshape(-1) for w in weights]), dim=1)
+        return g_norms * w_norms
     out = []
     for g, w in zip(grads, weights):
         if g is None:

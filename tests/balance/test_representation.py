@@ -16,6 +16,7 @@ from automtl.balance import (
 )
 from automtl.balance._representation import parent_segments
 from automtl.balance._tree import features_by_key, segments
+from automtl.build import BranchedNet
 from automtl.train import task_losses
 
 from .conftest import make_batch, make_net
@@ -41,13 +42,9 @@ def _quiet():
 def _reference(name: str, partitions, hidden: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The slow way: per task, one backward pass to every shared output on its path; per
     segment, aggregate and one backward pass from the aggregate into its parameters."""
-    net = make_net(partitions, tasks=TASKS4)
-    batch = make_batch(TASKS4, hidden=hidden)
-    features = net.features(batch.x)
-    losses = task_losses(net, batch, net.heads_forward(features))
+    net, features, losses = _forward(partitions, hidden)
     by_key = features_by_key(features)
     bal = create_balancer(name, TASKS4, mode="representation")
-    net.zero_grad(set_to_none=True)
     weights: dict[str, tuple[int, float]] = {}
     for seg in segments(net.param_groups(), list(losses)):
         if len(seg.tasks) == 1:
@@ -67,14 +64,21 @@ def _reference(name: str, partitions, hidden: set[str]) -> tuple[dict[str, torch
     return got, {t: weights.get(t, (0, 1.0))[1] for t in losses}
 
 
-def _ours(name: str, partitions, hidden: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def _forward(partitions, hidden: set[str]) -> tuple[BranchedNet, dict, dict[str, torch.Tensor]]:
+    """A fresh network of ``partitions``, its features and its losses on the test batch (the
+    tasks in ``hidden`` unlabelled), gradients cleared."""
     net = make_net(partitions, tasks=TASKS4)
     batch = make_batch(TASKS4, hidden=hidden)
     features = net.features(batch.x)
     losses = task_losses(net, batch, net.heads_forward(features))
     net.zero_grad(set_to_none=True)
+    return net, features, losses
+
+
+def _ours(name: str, partitions, hidden: set[str], mode: str = "representation") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    net, features, losses = _forward(partitions, hidden)
     torch.manual_seed(0)
-    weights = create_balancer(name, TASKS4, mode="representation").backward(
+    weights = create_balancer(name, TASKS4, mode=mode).backward(
         losses, StepContext(net.param_groups(), extra={"features": features})
     )
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, weights
@@ -142,13 +146,9 @@ def _grouped_reference(name: str, partitions, hidden: set[str]) -> tuple[dict[st
     of its output and, per shared segment right below it, that segment's aggregate carried
     back to this output by one vector-Jacobian product; one backward pass from the aggregate
     into the segment's parameters."""
-    net = make_net(partitions, tasks=TASKS4)
-    batch = make_batch(TASKS4, hidden=hidden)
-    features = net.features(batch.x)
-    losses = task_losses(net, batch, net.heads_forward(features))
+    net, features, losses = _forward(partitions, hidden)
     by_key = features_by_key(features)
     bal = create_balancer(name, TASKS4, mode="grouped")
-    net.zero_grad(set_to_none=True)
     segs = segments(net.param_groups(), list(losses))
     shared = [s for s in segs if len(s.tasks) > 1]
     parents = parent_segments(shared)
@@ -192,19 +192,6 @@ def _grouped_reference(name: str, partitions, hidden: set[str]) -> tuple[dict[st
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, weights
 
 
-def _ours_mode(name: str, partitions, hidden: set[str], mode: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    net = make_net(partitions, tasks=TASKS4)
-    batch = make_batch(TASKS4, hidden=hidden)
-    features = net.features(batch.x)
-    losses = task_losses(net, batch, net.heads_forward(features))
-    net.zero_grad(set_to_none=True)
-    torch.manual_seed(0)
-    weights = create_balancer(name, TASKS4, mode=mode).backward(
-        losses, StepContext(net.param_groups(), extra={"features": features})
-    )
-    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, weights
-
-
 # Weighting aggregators, so the effective weights are defined.
 GROUPED_NAMES = ["upgrad", "mgda", "imtl_g", "dualproj"]
 
@@ -214,7 +201,7 @@ GROUPED_NAMES = ["upgrad", "mgda", "imtl_g", "dualproj"]
 @pytest.mark.parametrize("hidden", [set(), {"c"}, {"a", "d"}], ids=["all", "c-hidden", "a-d-hidden"])
 def test_grouped_mode_equals_its_hierarchical_reference(name: str, tree: str, hidden: set[str]) -> None:
     want, want_w = _grouped_reference(name, TREES[tree], hidden)
-    got, got_w = _ours_mode(name, TREES[tree], hidden, "grouped")
+    got, got_w = _ours(name, TREES[tree], hidden, "grouped")
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
@@ -228,8 +215,8 @@ def test_grouped_mode_equals_its_hierarchical_reference(name: str, tree: str, hi
     ids=["hps", "groups-at-root", "trunk-then-single-tasks"],
 )
 def test_grouped_mode_is_the_exact_mode_without_nested_groups(name: str, partitions) -> None:
-    exact = _ours_mode(name, partitions, set(), "representation")
-    grouped = _ours_mode(name, partitions, set(), "grouped")
+    exact = _ours(name, partitions, set(), "representation")
+    grouped = _ours(name, partitions, set(), "grouped")
     for key in exact[0]:
         torch.testing.assert_close(grouped[0][key], exact[0][key], rtol=1e-5, atol=1e-7)
     assert grouped[1] == pytest.approx(exact[1], rel=1e-5)
@@ -237,8 +224,8 @@ def test_grouped_mode_is_the_exact_mode_without_nested_groups(name: str, partiti
 
 def test_grouped_mode_differs_from_the_exact_mode_on_a_nested_tree() -> None:
     """The approximation is real: a sub-group is one objective at its parent."""
-    exact = _ours_mode("mgda", NESTED, set(), "representation")
-    grouped = _ours_mode("mgda", NESTED, set(), "grouped")
+    exact = _ours("mgda", NESTED, set(), "representation")
+    grouped = _ours("mgda", NESTED, set(), "grouped")
     trunk = [k for k in exact[0] if k.startswith("blocks.b0_")]
     assert trunk
     assert any(not torch.allclose(exact[0][k], grouped[0][k], rtol=1e-3, atol=1e-6) for k in trunk)
@@ -257,16 +244,16 @@ def test_grouped_mode_needs_no_vector_jacobian_product_per_task(mode: str, extra
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
-    _ours_mode("upgrad", NESTED, set(), mode)
+    _ours("upgrad", NESTED, set(), mode)
     assert calls[0] == (0 if mode == "grouped" else 5)
 
 
 def test_grouped_fallback_without_graph_hooks_gives_the_same_update(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without graph hooks, a sub-group's row is one vector-Jacobian product of its aggregate;
     the update is the same."""
-    hooked = _ours_mode("upgrad", NESTED, {"d"}, "grouped")
+    hooked = _ours("upgrad", NESTED, {"d"}, "grouped")
     monkeypatch.setattr(_representation.RowCapture, "create", classmethod(lambda cls, *a: None))
-    fallback = _ours_mode("upgrad", NESTED, {"d"}, "grouped")
+    fallback = _ours("upgrad", NESTED, {"d"}, "grouped")
     for key in hooked[0]:
         torch.testing.assert_close(hooked[0][key], fallback[0][key], rtol=1e-5, atol=1e-7)
     assert hooked[1] == pytest.approx(fallback[1], rel=1e-5)
