@@ -114,12 +114,11 @@ def representation_backward(
         return []
 
     parents = parent_segments(shared)
-    deeper: dict[int, set[str]] = {i: set() for i in range(len(shared))}
-    child_of_task: dict[int, dict[str, int]] = {i: {} for i in range(len(shared))}
+    # For each shared segment, its tasks that continue into a deeper shared segment, and which.
+    deeper: dict[int, dict[str, int]] = {i: {} for i in range(len(shared))}
     for j, p in enumerate(parents):
         if p is not None:
-            deeper[p].update(shared[j].tasks)
-            child_of_task[p].update({t: j for t in shared[j].tasks})
+            deeper[p].update({t: j for t in shared[j].tasks})
     # Each task is direct at the deepest shared segment on its path, and at no other.
     direct = {t: outputs[i] for i, s in enumerate(shared) for t in s.tasks if t not in deeper[i]}
     # The rows of each segment, by name: its tasks, or (grouped) its direct tasks and sub-groups.
@@ -130,7 +129,7 @@ def representation_backward(
             continue
         names: list[str] = []
         for t in seg.tasks:
-            name = t if t not in deeper[i] else group_label(shared[child_of_task[i][t]].tasks)
+            name = t if t not in deeper[i] else group_label(shared[deeper[i][t]].tasks)
             if name not in names:
                 names.append(name)
         labels.append(tuple(names))
@@ -199,7 +198,7 @@ def representation_backward(
             of_row = dict(zip(labels[i], weights.detach().cpu().tolist()))
             mine = {}
             for t in shared[i].tasks:
-                j = child_of_task[i].get(t)
+                j = deeper[i].get(t)
                 if j is None:
                     mine[t] = of_row[t]
                     continue
