@@ -26,6 +26,7 @@ def _add_study_args(p: argparse.ArgumentParser, *, config_optional: bool) -> Non
         p.add_argument("config", nargs="?", help="search YAML; its name and storage locate the study")
     p.add_argument("--storage", help="Optuna storage URL (default: from CONFIG, else sqlite:///runs/automtl.db)")
     p.add_argument("--study-name", help="study name (default: from CONFIG, else the storage's newest study)")
+    p.add_argument("--artifacts", metavar="DIR", help="folder of the weights (default: the one recorded in the study)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restrict-to-affinity", action="store_true", help="with --seed-from-affinity: fix the task grouping to the affinity's best"
     )
+    p.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage (the answer is then a screening value)")
+    p.add_argument("--artifacts", metavar="DIR", help="folder of the weights (default: beside a SQLite/journal file)")
+    p.add_argument("--threads", type=int, help="torch threads of this worker (default: train.threads, else all cores)")
 
     p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
     _add_study_args(p, config_optional=True)
@@ -57,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_study_args(p, config_optional=True)
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument(
-        "--trial", type=int, help="trial number to export (default: the best; multi-objective: the front's best quality)"
+        "--trial", type=int, help="trial number to export, its own screening run (default: the confirmed answer)"
     )
     p.add_argument(
         "--retrain-seeds", type=int, default=0, metavar="N", help="also retrain it on train with seeds 0..N-1; test mean ± std"
@@ -114,11 +118,17 @@ def _locate(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def _run(args: argparse.Namespace) -> int:
     import automtl
-    import automtl.search
     from automtl import report
+    from automtl.errors import ConfigError
+    from automtl.study import artifact_dir
 
     if args.command == "search":
+        import time
+
         config = automtl.load_config(args.config)
+        if args.n_trials is not None and args.n_trials < 1:
+            raise ConfigError("--n-trials", f"must be an integer >= 1, got {args.n_trials}")
+        started = time.monotonic()
         study = automtl.run_search(
             config,
             n_trials=args.n_trials,
@@ -131,15 +141,24 @@ def _run(args: argparse.Namespace) -> int:
             echo=print if args.no_progress else None,
             seed_from_affinity=args.seed_from_affinity,
             restrict_to_affinity=args.restrict_to_affinity,
+            confirm=False if args.no_confirm else None,
+            artifacts=args.artifacts,
+            threads=args.threads,
         )
-        print(report.format_summary(study))
+        print(report.format_summary(study, time.monotonic() - started))
     elif args.command == "show":
         storage, name = _locate(args)
         print(report.format_study(automtl.load_study(storage, name), top=args.top))
     elif args.command == "export":
         storage, name = _locate(args)
         metrics = automtl.export_trial(
-            automtl.load_study(storage, name), storage, args.out, args.trial, retrain_seeds=args.retrain_seeds, device=args.device
+            automtl.load_study(storage, name),
+            storage,
+            args.out,
+            args.trial,
+            retrain_seeds=args.retrain_seeds,
+            device=args.device,
+            artifacts=args.artifacts,
         )
         print(report.format_export(metrics, args.out))
     elif args.command == "plot":
@@ -164,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         baseline = None
         if args.delta_m:
-            cache = automtl.search.artifact_dir(config.storage).parent / "baselines"
+            cache = artifact_dir(config.storage, config.artifacts).parent / "baselines"
             baseline = single_task_baseline(
                 experiment, cache, ("val", "test"), args.device, epochs=args.epochs, lr=args.lr
             )

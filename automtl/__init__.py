@@ -13,15 +13,22 @@ Python twins of the CLI::
 
 from __future__ import annotations
 
-from automtl.balance import BALANCERS, Balancer, create_balancer
 from automtl.backbones import BACKBONES, Backbone, create_backbone
+from automtl.balance import BALANCERS, Balancer, create_balancer
 from automtl.build import BranchedNet, build_model
 from automtl.config import SearchConfig, load_config, parse_config
 from automtl.data import DATASETS, MultiTaskData, load_dataset
-from automtl.errors import AutoMTLError, ConfigError, DataError, NonFiniteLossError, RegistryError
+from automtl.errors import (
+    AutoMTLError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    RegistryError,
+)
 from automtl.export import evaluate_bundle, export_trial, load
-from automtl.search import load_study, run_search
+from automtl.search import run_search
 from automtl.space import Candidate, SearchSpace
+from automtl.study import load_study
 from automtl.tasks import TaskSpec
 from automtl.train import TrainConfig, evaluate, fit
 from automtl.tree import BranchTree

@@ -149,8 +149,18 @@ class SearchConfig:
         n_trials: Total finished trials the search aims for (resumption counts earlier ones).
         timeout: Seconds after which no new trial starts; ``None``: no limit.
         sampler: ``tpe`` or ``random``.
-        pruner: ``median`` or ``none``.
-        seed: Seeds the sampler and every trial's training.
+        pruner: ``auto`` (the median rule only at epochs where early and final ranks agree,
+            :class:`automtl.pruning.RankAgreementPruner`), ``median`` (Optuna's median rule
+            after the first epoch) or ``none``.
+        seed: Seeds the sampler and every run's training (:mod:`automtl.seeds`).
+        confirm_top_k: The confirmation stage retrains this many of the best screened designs
+            (``search.confirm.top_k``), plus the best obvious hard-sharing design.
+        confirm_seeds: With this many fresh seeds each (``search.confirm.seeds``); 0 turns the
+            stage off (``search.confirm: false``, ``--no-confirm``).
+        artifacts: Folder of the weights (``search.artifacts``); default beside a SQLite or
+            journal file, required for a server storage (:func:`automtl.study.artifact_dir`).
+        threads: Torch intra-op threads of each worker (``train.threads``); ``None``: the
+            cores divided by the workers.
         objective: The quality objective (maximized), from ``search.objective``:
             ``delta_m`` (the default: Δm in percent against cached single-task baselines,
             :func:`automtl.metrics.delta_m`; the baselines are trained once, before the first
@@ -186,8 +196,12 @@ class SearchConfig:
     n_trials: int = 20
     timeout: float | None = None
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "auto"
     seed: int = 0
+    confirm_top_k: int = 3
+    confirm_seeds: int = 3
+    artifacts: str | None = None
+    threads: int | None = None
     objective: str = "delta_m"
     objective_weights: dict[str, float] = field(default_factory=dict)
     cost: tuple[str, ...] = ()
@@ -280,7 +294,19 @@ def _parse_space(d: dict[str, Any]) -> SpaceConfig:
     )
 
 
+def _parse_confirm(value: Any) -> tuple[int, int]:
+    """``search.confirm``: ``false``, ``true`` or ``{top_k: 3, seeds: 3}`` -> (top_k, seeds)."""
+    if value is None or value is True:
+        return 3, 3
+    if value is False:
+        return 3, 0
+    d = _mapping(value, "search.confirm")
+    _reject_unknown(d, {"top_k", "seeds"}, "search.confirm")
+    return _int(d.get("top_k", 3), "search.confirm.top_k", 1), _int(d.get("seeds", 3), "search.confirm.seeds", 1)
+
+
 def _parse_train(d: dict[str, Any]) -> dict[str, ParamSpec]:
+    d = {k: v for k, v in d.items() if k != "threads"}
     _reject_unknown(d, set(_TRAIN_DEFAULTS), "train")
     merged = {**_TRAIN_DEFAULTS, **d}
     spec = {
@@ -390,7 +416,20 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     search = _mapping(top.get("search"), "search")
     _reject_unknown(
         search,
-        {"n_trials", "timeout", "sampler", "pruner", "seed", "objective", "cost", "constraints", "storage", "study_name"},
+        {
+            "n_trials",
+            "timeout",
+            "sampler",
+            "pruner",
+            "seed",
+            "objective",
+            "cost",
+            "constraints",
+            "storage",
+            "study_name",
+            "confirm",
+            "artifacts",
+        },
         "search",
     )
     timeout = search.get("timeout")
@@ -399,13 +438,18 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     sampler = search.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
         raise ConfigError("search.sampler", f"must be 'tpe' or 'random', got {sampler!r}")
-    pruner = search.get("pruner", "median")
-    if pruner not in ("median", "none"):
-        raise ConfigError("search.pruner", f"must be 'median' or 'none', got {pruner!r}")
+    pruner = search.get("pruner", "auto")
+    if pruner not in ("auto", "median", "none"):
+        raise ConfigError("search.pruner", f"must be 'auto', 'median' or 'none', got {pruner!r}")
+    top_k, confirm_seeds = _parse_confirm(search.get("confirm"))
+    train_raw = _mapping(top.get("train"), "train")
+    threads = train_raw.get("threads")
+    if threads is not None:
+        threads = _int(threads, "train.threads", 1)
     objective, weights = _parse_objective(search.get("objective", "delta_m"))
     cost = _parse_cost(search.get("cost"))
     constraints = _parse_constraints(search.get("constraints"))
-    for key in ("storage", "study_name"):
+    for key in ("storage", "study_name", "artifacts"):
         if search.get(key) is not None and not isinstance(search[key], str):
             raise ConfigError(f"search.{key}", f"must be a string, got {search[key]!r}")
     device = top.get("device", "auto")
@@ -420,12 +464,16 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         backbone=backbone,
         backbone_options=backbone_options,
         space=_parse_space(_mapping(top.get("space"), "space")),
-        train=_parse_train(_mapping(top.get("train"), "train")),
+        train=_parse_train(train_raw),
         n_trials=_int(search.get("n_trials", 20), "search.n_trials", 1),
         timeout=float(timeout) if timeout is not None else None,
         sampler=sampler,
         pruner=pruner,
         seed=_int(seed, "search.seed", 0),
+        confirm_top_k=top_k,
+        confirm_seeds=confirm_seeds,
+        artifacts=search.get("artifacts"),
+        threads=threads,
         objective=objective,
         objective_weights=weights,
         cost=cost,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AutoMTLError", "ConfigError", "DataError", "NonFiniteLossError", "RegistryError"]
+__all__ = ["AutoMTLError", "BaselineError", "ConfigError", "DataError", "NonFiniteLossError", "RegistryError", "StorageError"]
 
 
 class AutoMTLError(Exception):
@@ -46,3 +46,12 @@ class NonFiniteLossError(AutoMTLError, FloatingPointError):
     def __init__(self, task: str, epoch: int, step: int, value: float) -> None:
         self.task, self.epoch, self.step, self.value = task, epoch, step, value
         super().__init__(f"loss of task '{task}' is {value} at epoch {epoch}, step {step}")
+
+
+class StorageError(AutoMTLError, ValueError):
+    """A study storage URL is malformed, unsupported, unreachable, or names a missing file."""
+
+
+class BaselineError(AutoMTLError):
+    """A single-task baseline is no better than a trivial predictor (the message names the task
+    and both numbers), so Δm against it would mean nothing."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +17,7 @@ from automtl.balance import create_balancer
 from automtl.build import build_model
 from automtl.config import ParamSpec, SearchConfig
 from automtl.experiment import Experiment
-from automtl.metrics import aggregate_score, delta_m
+from automtl.metrics import aggregate_score, delta_m, mean_std
 from automtl.train import TrainConfig, evaluate, fit, seed_everything
 from automtl.tree import BranchTree
 
@@ -97,7 +96,8 @@ class FixedResult:
         and of Δm (percent, positive is better) when ``baseline`` gives ``{"val": ..., "test": ...}``."""
 
         def stats(values: list[float]) -> dict[str, float]:
-            return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            mean, std = mean_std(values)
+            return {"mean": mean, "std": std}
 
         out: dict[str, Any] = {"seeds": len(self.val), "n_params": self.n_params}
         for split, runs in (("val", self.val), ("test", self.test)):

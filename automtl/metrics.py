@@ -17,7 +17,7 @@ import torch
 from automtl.registry import Registry
 from automtl.tasks import TaskSpec
 
-__all__ = ["DELTA_M_CONVENTION", "METRICS", "Metric", "aggregate_score", "compute_metric", "delta_m", "direction_of"]
+__all__ = ["DELTA_M_CONVENTION", "METRICS", "Metric", "aggregate_score", "compute_metric", "delta_m", "direction_of", "mean_std", "nanmean"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +184,26 @@ DELTA_M_CONVENTION = (
     "Δm = (100/T) Σ_t s_t (M_t − B_t)/|B_t| against single-task baselines B, s_t = +1 if higher is better "
     "else −1; positive is better (Vandenhende et al., TPAMI 2021, eq. 10)"
 )
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one value) of per-seed values; NaN
+    for both when any value is NaN (a task without labels in a split), infinite values as they are.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("mean_std of no values")
+    if any(math.isnan(v) for v in values):
+        return float("nan"), float("nan")
+    mean = math.fsum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is."""
+    kept = [v for v in values if not math.isnan(v)]
+    return math.fsum(kept) / len(kept) if kept else float("nan")

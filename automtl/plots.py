@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl.search import is_multi_objective, objective_names, pareto_front
+from automtl.study import is_multi_objective, objective_names, pareto_front
 
 __all__ = ["plot_history", "plot_pareto", "plot_study"]
 

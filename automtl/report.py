@@ -9,10 +9,32 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl.metrics import METRICS
+from automtl.accounting import cost_by_stage, format_costs
+from automtl.confirm import SINGLE_TASK, Confirmation
+from automtl.metrics import DELTA_M_CONVENTION, METRICS, mean_std
+from automtl.study import (
+    TrialRecord,
+    finished_trials,
+    is_multi_objective,
+    objective_names,
+    pareto_front,
+    read_attr,
+)
 from automtl.tree import BranchTree
 
-__all__ = ["format_export", "format_number", "format_pareto", "format_registry", "format_study", "format_summary", "format_table"]
+__all__ = [
+    "format_baselines",
+    "format_confirmation",
+    "format_cost",
+    "format_export",
+    "format_number",
+    "format_pareto",
+    "format_registry",
+    "format_study",
+    "format_summary",
+    "format_table",
+    "trial_line",
+]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -45,44 +67,142 @@ def _values(t: FrozenTrial, n: int) -> list[float | int | None]:
     return [int(v) if float(v).is_integer() and abs(v) >= 100 else v for v in t.values]
 
 
-def format_study(study: optuna.Study, top: int = 0) -> str:
-    """Every trial (or the ``top`` best complete ones) with its objective values and per-task
-    validation metrics, then the best architecture drawn as a tree; for a multi-objective
-    study, the Pareto front (``*`` in the ``front`` column) and each member's tree."""
-    from automtl.search import is_multi_objective, objective_names, pareto_front
+def _note(t: FrozenTrial) -> str:
+    """Why a trial is not a plain complete run: its stage, repeat, answer, failure or pruning."""
+    r = TrialRecord.of(t)
+    parts = []
+    if r.stage == "obvious":
+        parts.append(f"obvious: {r.label}")
+    if r.answered_from:
+        parts.append(f"same design as trial {r.repeat_of}: answered with its runs' mean, not trained")
+    elif r.repeat_of is not None:
+        parts.append(f"extra seed of trial {r.repeat_of}'s design")
+    for reason in (r.fail_reason, r.over_budget, r.pruned_reason, r.interrupted):
+        if reason:
+            parts.append(reason)
+    if r.surplus:
+        parts.append("surplus: started after the total was reached, not trained")
+    return "; ".join(parts)
 
+
+def trial_line(trial: FrozenTrial, names: Sequence[str]) -> str:
+    """One line for a finished trial: state, objective values, balancer, tree, per-task metrics, note."""
+    r = TrialRecord.of(trial)
+    per_task = " ".join(f"{t}={v:.3f}" for t, v in r.val_metrics.items())
+    value = "-" if trial.values is None else " ".join(f"{n}={format_number(v)}" for n, v in zip(names, trial.values))
+    note = _note(trial)
+    return (
+        f"trial {trial.number:>3} {trial.state.name.lower():>8} {value} "
+        f"balancer={trial.params.get('balancer', '?')} tree=[{r.tree or '?'}] "
+        f"{per_task}{'  ' + note if note else ''}"
+    )
+
+
+def _task_header(study: optuna.Study) -> tuple[list[str], list[str]]:
+    """Task names and their column headers, ``"task (metric)"``."""
+    metric_of = _metric_of_tasks(study)
+    names = list(metric_of)
+    if not names:
+        for t in study.get_trials(deepcopy=False):
+            if TrialRecord.of(t).val_metrics:
+                names = list(TrialRecord.of(t).val_metrics)
+                break
+    return names, [f"{n} ({metric_of[n]})" if n in metric_of else n for n in names]
+
+
+def _metric_of_tasks(study: optuna.Study) -> dict[str, str]:
+    return dict(read_attr(study, "task_metrics") or {})
+
+
+def format_baselines(study: optuna.Study) -> str:
+    """The tuned single-task baselines: each task's metric, chosen learning rate, validation
+    metric, and the trivial predictor's metric beside it."""
+    raw = read_attr(study, "baselines")
+    if raw is None:
+        return "baselines: not trained yet"
+    metric_of = _metric_of_tasks(study)
+    rows = []
+    for task, value in raw["val"].items():
+        metric = metric_of.get(task, "")
+        direction = METRICS.get(metric).direction if metric in METRICS else ""
+        rows.append([task, metric, direction, f"{raw['lr_by_task'][task]:g}", value, raw.get("trivial", {}).get(task)])
+    grid = ", ".join(f"{lr:g}" for lr in raw["grid"])
+    return (
+        f"single-task baselines (learning rate per task chosen on validation among {grid}; "
+        "trivial = a constant predictor fitted on the training labels):\n"
+        + format_table(["task", "metric", "direction", "lr", "val", "trivial val"], rows)
+    )
+
+
+def format_confirmation(study: optuna.Study) -> str:
+    """The confirmation table (each design's confirmed objective over the fresh seeds, its
+    paired difference to the single-task networks) and the verdict."""
+    raw = read_attr(study, "confirmation")
+    if raw is None:
+        return "confirmation: not run (the answer below is a screening value from one or two seeds; it may not hold up)"
+    conf = Confirmation.from_dict(raw)
+    single = next((d for d in conf.designs if d.key == SINGLE_TASK), None)
+    rows = []
+    for d in sorted(conf.designs, key=lambda d: -d.mean):
+        paired = ""
+        if single is not None and d.key != SINGLE_TASK:
+            diffs = [a - b for a, b in zip(d.values, single.values)]
+            agree = sum(x > 0 for x in diffs)
+            mean, spread = mean_std(diffs)
+            paired = f"{mean:+.3f} ± {spread:.3f} ({agree}/{len(diffs)})"
+        screen = "-" if d.screen_mean is None else f"{d.screen_mean:+.3f} ({d.screen_runs})"
+        rows.append(
+            [
+                ("* " if d.key == conf.answer else "") + d.label,
+                d.tree,
+                d.balancer,
+                d.n_params,
+                screen,
+                f"{d.mean:+.3f} ± {d.std:.3f}",
+                " ".join(f"{v:+.2f}" for v in d.values),
+                paired,
+            ]
+        )
+    headers = [
+        "design",
+        "tree",
+        "balancer",
+        "params",
+        f"screening {conf.unit} (runs)",
+        f"confirmed {conf.unit} mean ± std",
+        "per seed",
+        "minus single-task, paired (seeds better)",
+    ]
+    return (
+        f"confirmation on validation: {len(conf.seeds)} fresh seeds per design, the same seeds for every design "
+        f"({conf.objective}{', against the mean of the single-task runs' if conf.objective == 'delta_m' else ''}; "
+        "higher is better; * = the answer):\n" + format_table(headers, rows) + "\n\nverdict:\n" + conf.verdict
+    )
+
+
+def format_cost(study: optuna.Study, wall_seconds: float | None = None) -> str:
+    """The search's cost by stage in training-run equivalents (:mod:`automtl.accounting`)."""
+    return format_costs(cost_by_stage(study), wall_seconds)
+
+
+def format_study(study: optuna.Study, top: int = 0) -> str:
+    """Every trial (or the ``top`` best complete ones) with its objective values, per-task
+    validation metrics (each column names its metric) and a note (stage, extra seed, answer,
+    failure, pruning); the baselines beside the trivial predictor; for a multi-objective study
+    the screening's Pareto front; the confirmation, the answer's tree, the verdict and the cost."""
     names = objective_names(study)
     multi = is_multi_objective(study)
     front = pareto_front(study)
     on_front = {t.number for t in front}
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not TrialRecord.of(t).surplus]
     if top:
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
-        if multi:
-            trials = [t for t in front][:top]
-        else:
-            trials = sorted(done, key=lambda t: -float(t.value))[:top]  # type: ignore[arg-type]
-    task_names: list[str] = []
-    for t in trials:
-        for name in t.user_attrs.get("val_metrics", {}):
-            if name not in task_names:
-                task_names.append(name)
-    params_column = "n_params" not in names  # else it is already an objective column
-    headers = [
-        "trial",
-        "state",
-        *names,
-        *(["front"] if multi else []),
-        "balancer",
-        *(["params"] if params_column else []),
-        "tree",
-        *task_names,
-        "note",
-    ]
+        trials = list(front)[:top] if multi else sorted(done, key=lambda t: -float(t.values[0]))[:top]
+    task_names, task_headers = _task_header(study)
+    headers = ["trial", "state", *names, *(["front"] if multi else []), "balancer", "params", "tree", *task_headers, "note"]
     rows = []
     for t in trials:
-        vm = t.user_attrs.get("val_metrics", {})
-        note = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("over_budget", "")
+        r = TrialRecord.of(t)
         rows.append(
             [
                 t.number,
@@ -90,84 +210,95 @@ def format_study(study: optuna.Study, top: int = 0) -> str:
                 *_values(t, len(names)),
                 *(["*" if t.number in on_front else ""] if multi else []),
                 t.params.get("balancer", "-"),
-                *([t.user_attrs.get("n_params")] if params_column else []),
-                t.user_attrs.get("tree", "-"),
-                *(vm.get(n) for n in task_names),
-                note,
+                r.n_params,
+                r.tree or "-",
+                *(r.val_metrics.get(n) for n in task_names),
+                _note(t),
             ]
         )
-    objective = study.user_attrs.get("objective", "mean_score: higher is better")
+    objective = study.user_attrs.get("objective", "")
+    counted = len(finished_trials(study))
     out = [
-        f"study '{study.study_name}': {len(study.trials)} trials",
-        f"objectives: {objective}\nper-task columns: each task's validation metric; "
-        "tree: task indices per block, '/' between branches",
+        f"study '{study.study_name}': {counted} screening trial(s) counted, {len(study.trials)} in the study",
+        (f"objectives: {objective}\nper-task columns: each task's validation metric; "
+        "tree: task indices per block, '/' between branches"),
+        format_baselines(study),
         format_table(headers, rows),
     ]
     if not front:
         out.append("no complete (feasible) trial yet")
         return "\n\n".join(out)
-    tree = BranchTree.from_dict(front[0].user_attrs["candidate"]["tree"])
+    tree = BranchTree.from_dict(TrialRecord.of(front[0]).candidate["tree"])  # type: ignore[index]
     out.append("task indices: " + "  ".join(f"{i}={name}" for i, name in enumerate(tree.tasks)))
     if multi:
         out.append(format_pareto(study, front))
-        return "\n\n".join(out)
-    best = front[0]
-    out.append(
-        f"best: trial {best.number}, {names[0]} {best.value:.4f}, balancer {best.params.get('balancer')}, "
-        f"{best.user_attrs.get('n_params')} parameters\n{tree.render()}"
-    )
+    out.append(format_confirmation(study))
+    answer = _answer_tree(study)
+    if answer is not None:
+        out.append(answer)
+    out.append(format_cost(study))
     return "\n\n".join(out)
 
 
-def format_pareto(study: optuna.Study, front: Sequence[FrozenTrial]) -> str:
-    """The Pareto front of a multi-objective study: each member's values, balancer and tree."""
-    from automtl.search import objective_names
+def _answer_tree(study: optuna.Study) -> str | None:
+    raw = read_attr(study, "confirmation")
+    if raw is None:
+        return None
+    best = Confirmation.from_dict(raw).best
+    if best.candidate is None:
+        return None
+    tree = BranchTree.from_dict(best.candidate["tree"])
+    return f"answer: {best.label}, balancer {best.balancer}, {best.n_params} parameters\n{tree.render()}"
 
+
+def format_pareto(study: optuna.Study, front: Sequence[FrozenTrial]) -> str:
+    """The screening's Pareto front of a multi-objective study: each member's values, balancer and tree."""
     names = objective_names(study)
-    rows = [[t.number, *_values(t, len(names)), t.params.get("balancer", "-"), t.user_attrs.get("tree", "-")] for t in front]
+    rows = [[t.number, *_values(t, len(names)), t.params.get("balancer", "-"), TrialRecord.of(t).tree or "-"] for t in front]
     lines = [
-        f"Pareto front: {len(front)} of {len(study.trials)} trials (feasible, complete, not dominated); "
-        f"export one with 'automtl export --trial N'",
+        (f"Pareto front of the screening: {len(front)} of {len(study.trials)} trials (feasible, complete, not dominated); "
+        f"export one with 'automtl export --trial N'"),
         format_table(["trial", *names, "balancer", "tree"], rows),
     ]
     for t in front:
-        tree = BranchTree.from_dict(t.user_attrs["candidate"]["tree"])
+        tree = BranchTree.from_dict(TrialRecord.of(t).candidate["tree"])  # type: ignore[index]
         values = ", ".join(f"{n} {format_number(v)}" for n, v in zip(names, t.values))
         lines.append(f"trial {t.number} ({values}):\n{tree.render()}")
     return "\n\n".join(lines)
 
 
-def format_summary(study: optuna.Study) -> str:
-    """One paragraph after a search: counts per state and the best trial (or the Pareto front)."""
-    from automtl.search import is_multi_objective, objective_names, pareto_front
-
+def format_summary(study: optuna.Study, wall_seconds: float | None = None) -> str:
+    """What ``automtl search`` prints at its end: counts, the confirmation and the verdict, the cost."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     text = f"study '{study.study_name}': " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    front = pareto_front(study)
-    if not front:
-        return text + "; no complete (feasible) trial"
+    text += f"; {len(finished_trials(study))} counted toward the total"
     names = objective_names(study)
     if "delta_m" in names:
-        from automtl.metrics import DELTA_M_CONVENTION
-
         text += f"\n{DELTA_M_CONVENTION}"
+    front = pareto_front(study)
+    if not front:
+        return text + "\nno complete (feasible) trial"
+    parts = [text]
     if is_multi_objective(study):
         members = "; ".join(
             f"trial {t.number} (" + ", ".join(f"{n} {format_number(v)}" for n, v in zip(names, t.values)) + ")" for t in front
         )
-        return text + f"\nPareto front ({len(front)}): {members}\n'automtl show' draws each member's tree"
-    best = front[0]
-    return (
-        text
-        + f"\nbest: trial {best.number}, validation {names[0]} {best.value:.4f} (higher is better), "
-        + f"balancer {best.params.get('balancer')}, tree [{best.user_attrs.get('tree')}]"
-    )
+        parts.append(f"Pareto front of the screening ({len(front)}): {members}")
+    else:
+        best = front[0]
+        parts.append(
+            f"best screening trial: {best.number}, validation {names[0]} {best.values[0]:.4f} (one seed), "
+            f"balancer {best.params.get('balancer')}, tree [{TrialRecord.of(best).tree}]"
+        )
+    parts.append(format_cost(study, wall_seconds))
+    parts.append(format_confirmation(study))
+    return "\n\n".join(parts)
 
 
 def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
-    """What ``export`` wrote, with validation and test metrics side by side."""
+    """What ``export`` wrote, with validation and test metrics side by side, then the verdict."""
     tasks = list(metrics["val"])
     rows = [
         [t, metrics["metric_of_task"][t]["metric"], metrics["metric_of_task"][t]["direction"], metrics["val"][t], metrics["test"][t]]
@@ -176,24 +307,24 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
     rows.append(["(score)", "mean_score", "maximize", metrics["val_score"], metrics["test_score"]])
     if "val_delta_m" in metrics:
         rows.append(["(delta_m %)", "Δm %", "maximize", metrics["val_delta_m"], metrics["test_delta_m"]])
-    front = " (on the Pareto front)" if metrics.get("multi_objective") and metrics.get("pareto_front") else ""
+    front = " (on the Pareto front of the screening)" if metrics.get("multi_objective") and metrics.get("pareto_front") else ""
     text = (
-        f"exported trial {metrics['trial']}{front} of study '{metrics['study']}' to {out_dir} "
+        f"exported {metrics['design']}{front} of study '{metrics['study']}' to {out_dir}: the weights of {metrics['weights_from']} "
         f"(selected on validation; test read once, for this report)\n"
         + format_table(["task", "metric", "direction", "val", "test"], rows)
     )
     if "val_delta_m" in metrics:
-        text += f"\n{metrics['delta_m_convention']}"
-    retrain = metrics.get("retrain")
-    if retrain:
-        keys = [*tasks, "(mean_score)", *(["(delta_m %)"] if "(delta_m %)" in retrain["test"] else [])]
-        rrows = [
-            [k, *(f"{retrain[s][k]['mean']:.4f} ± {retrain[s][k]['std']:.4f}" for s in ("val", "test"))] for k in keys
-        ]
-        text += (
-            f"\n\nretrained on the train split with {retrain['seeds']} seed(s) (none chosen; mean ± std):\n"
-            + format_table(["task", "val", "test"], rrows)
-        )
+        text += f"\n{metrics['delta_m_convention']}; B: {metrics['baseline_from']}"
+    for block, title in (("confirmed", "confirmation runs"), ("retrain", "retrained on the train split")):
+        summary = metrics.get(block)
+        if not summary:
+            continue
+        keys = [*tasks, "(mean_score)", *(["(delta_m %)"] if "(delta_m %)" in summary["test"] else [])]
+        rrows = [[k, *(f"{summary[s][k]['mean']:.4f} ± {summary[s][k]['std']:.4f}" for s in ("val", "test"))] for k in keys]
+        text += f"\n\n{title}, {summary['seeds']} seed(s) (every seed reported, none chosen; mean ± std):\n"
+        text += format_table(["task", "val", "test"], rrows)
+    if metrics.get("verdict"):
+        text += f"\n\nverdict (confirmation on validation):\n{metrics['verdict']}"
     return text
 
 
@@ -223,8 +354,8 @@ def format_registry(what: str) -> str:
     Raises:
         ValueError: For any other ``what``.
     """
-    from automtl.balance import BALANCERS
     from automtl.backbones import BACKBONES
+    from automtl.balance import BALANCERS
     from automtl.data import DATASETS
     from automtl.losses import LOSSES
     from automtl.space import hparam_table

@@ -1,79 +1,110 @@
-"""The Optuna study: storage, sampler, pruner, resumption, and what each trial records.
+"""A search, stage by stage: baselines, obvious designs, screening, confirmation.
 
-Each trial samples a :class:`~automtl.space.Candidate`, builds it, measures its cost
-(:mod:`automtl.cost`), trains it with :func:`automtl.train.fit` on the training split, and
-returns the objectives of :mod:`automtl.objectives`: the quality of its validation metrics
-(``delta_m`` by default, against single-task baselines trained once and cached; or
-``mean_score``, ``weighted``, ``per_task``), then any cost objectives.
+:func:`run_search` runs (or resumes, or joins as one more worker) the search a config
+describes, in a study of an Optuna storage (:mod:`automtl.study`):
 
-**Hard budgets** (``search.constraints``: ``max_params``, ``max_flops``, ``max_latency_ms``) are
-Optuna trial constraints (``Trial.set_constraint``, value ``cost / limit - 1``, feasible when
-<= 0). The costs are measured before training, so a candidate over a budget ends *pruned*
-without being trained; the sampler (TPE) reads its constraint values and learns to avoid the
-region, and ``best_trial`` / ``best_trials`` hold feasible trials only.
+1. **Baselines** (:mod:`automtl.baselines`): single-task networks choose each task's learning
+   rate on validation and must beat a trivial predictor; trained once per study.
+2. **Obvious designs** (:meth:`automtl.space.SearchSpace.obvious_designs`): hard parameter
+   sharing with each balancer family's default and single-task networks are enqueued before any
+   sampled trial (and, with ``seed_from_affinity``, the trees an affinity measurement suggests).
+3. **Screening**: trials sampled by the sampler (TPE by default), each trained once with its
+   own seed and scored on validation (Δm against the tuned baselines by default,
+   :mod:`automtl.objectives`). ``n_trials`` is the study's total across all workers. A sampled
+   design that already has a run is trained once more as a declared extra seed of it
+   (``repeat_of``); one that has :data:`MAX_SCREEN_RUNS` runs is answered from the study with
+   their mean, without training, and does not count toward the total. Costs are measured before
+   training, so a candidate over a budget (``search.constraints``) is pruned untrained.
+   Pruning (``search.pruner: auto``, :class:`automtl.pruning.RankAgreementPruner`) stops a
+   trial early only where early and final ranks agree in the study.
+4. **Confirmation** (:mod:`automtl.confirm`, ``search.confirm``): the best ``top_k`` designs
+   and the best obvious hard-sharing design are retrained with fresh seeds, paired with the
+   baselines' runs; the answer is the best mean, with a verdict against the obvious designs.
+   Its record is the study's ``confirmation``; ``export`` takes its answer by default.
 
-**Pruning.** A single-objective study prunes with the median rule on the per-epoch validation
-objective. Optuna has no pruning for multi-objective studies (``Trial.report`` is refused), so
-there automtl trains every feasible candidate to the end and saves compute only through the
-budgets above, which reject a candidate before any training. ``history`` still records the
-first quality objective per epoch.
-
-Each trial records, as user attributes:
-
-* ``candidate``: tree, balancer, hyperparameters (``Candidate.to_dict()``);
-* ``tree``: the tree's one-line shape; ``n_params``: parameter count; ``cost``: the measured costs;
-* ``over_budget``: which budget a rejected candidate exceeded;
-* ``val_metrics``: per-task validation metrics; ``history``: the (first) quality objective per epoch;
-* ``train_seconds``: training wall time (s);
-* ``weights_artifact``: the Optuna artifact id of its weights (safetensors);
-* ``fail_reason``: why it failed, for a trial whose loss became NaN or infinite.
-
-The study records the configuration (``config``), the objectives' names and directions
-(``objective_names``, ``directions``) and what they mean (``objective``) so that ``show``, ``export`` and a resumed
-search need only the storage and study name.
+The baseline and confirmation runs are jobs (:mod:`automtl.jobs`) that every worker helps with.
+A trial whose loss becomes NaN or diverges fails with its reason recorded and counts; a trial
+stopped by Ctrl-C or SIGTERM fails as ``interrupted``, does not count, and is retried by the
+next run (once); so is a trial whose worker was killed (the storage's heartbeat).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import signal
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+import torch
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from automtl.balance import create_balancer
+from automtl.baselines import (
+    BaselineChoice,
+    baseline_candidate,
+    check_sane,
+    choose,
+    confirm_job,
+    trivial_metrics,
+    tuning_jobs,
+)
 from automtl.build import build_model, resolve_device
 from automtl.config import SearchConfig, parse_config
-from automtl.cost import BUDGETS, measure_costs
+from automtl.confirm import (
+    SINGLE_TASK,
+    Confirmation,
+    ConfirmedDesign,
+    analyse,
+    pareto_indices,
+)
+from automtl.cost import BUDGETS, count_flops, measure_costs
 from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
-from automtl.fixed import single_task_baseline
-from automtl.objectives import ObjectiveSpec
-from automtl.report import format_number
-from automtl.space import SearchSpace
-from automtl.train import EpochResult, fit, seed_everything
+from automtl.jobs import JobQueue
+from automtl.metrics import aggregate_score, delta_m
+from automtl.objectives import ObjectiveSpec, weighted_score
+from automtl.pruning import RankAgreementPruner
+from automtl.runs import train_candidate, upload_weights
+from automtl.seeds import (
+    baseline_tuning_seed,
+    confirmation_seeds,
+    derive_seed,
+    sampler_seed,
+)
+from automtl.space import Candidate, SearchSpace
+from automtl.study import (
+    MAX_RETRY,
+    DesignRuns,
+    TrialRecord,
+    active_runs,
+    artifact_dir,
+    counted_before,
+    counts_toward_total,
+    designs,
+    finished_trials,
+    open_storage,
+    read_attr,
+    write_attr,
+)
+from automtl.train import EpochResult, seed_everything
+from automtl.tree import BranchTree
 
-__all__ = [
-    "artifact_dir",
-    "finished_trials",
-    "is_multi_objective",
-    "load_study",
-    "objective_names",
-    "open_storage",
-    "pareto_front",
-    "run_search",
-    "study_config",
-]
+__all__ = ["MAX_SCREEN_RUNS", "run_search", "screening_trials"]
 
-# config key -> the parsed attributes that define the search space (compared on resume)
+#: A design is trained at most this often in screening (once, and once as a declared extra seed).
+MAX_SCREEN_RUNS = 2
+#: Screening stops when the sampler proposes only finished designs this many times in a row.
+MAX_ANSWERED_STREAK = 25
+#: Seconds between two looks at the storage while other workers finish the last trials.
+POLL_SECONDS = 1.0
+
+# config key -> the parsed attributes that define the search (compared on resume)
 _SPACE_KEYS: dict[str, tuple[str, ...]] = {
     "data": ("data", "data_options"),
     "tasks": ("task_overrides",),
@@ -85,196 +116,433 @@ _SPACE_KEYS: dict[str, tuple[str, ...]] = {
     "search.constraints": ("constraints",),
 }
 
-
-def _sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///") :])
-    return None
+_QUALITY_UNIT = {"delta_m": "Δm", "mean_score": "mean score", "per_task": "mean score", "weighted": "weighted score"}
 
 
-def artifact_dir(storage_url: str) -> Path:
-    """Where trial weights are kept: ``<sqlite file>.artifacts/``, else ``runs/artifacts``."""
-    db = _sqlite_path(storage_url)
-    return db.with_name(db.name + ".artifacts") if db is not None else Path("runs") / "artifacts"
-
-
-def baseline_dir(storage_url: str) -> Path:
-    """Where single-task baselines are cached: ``baselines/`` beside the artifacts."""
-    return artifact_dir(storage_url).parent / "baselines"
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage with a heartbeat, so trials of a killed process are failed and retried.
-
-    A relative SQLite path is relative to the working directory; its folder is created.
-    """
-    db = _sqlite_path(url)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=30,
-            grace_period=120,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-
-
-def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
-    """Load a study; with no name, the storage's only study (or its newest, with a note).
-
-    Raises:
-        LookupError: No study in the storage, or no study of that name.
-    """
-    store = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if not names:
-        raise LookupError(f"no study in storage {storage}; run 'automtl search CONFIG' first")
-    if study_name is None:
-        study_name = names[-1]
-    elif study_name not in names:
-        raise LookupError(f"no study '{study_name}' in storage {storage}; studies: {names}")
-    return optuna.load_study(study_name=study_name, storage=store)
-
-
-def study_config(study: optuna.Study) -> SearchConfig:
-    """The configuration a study was created with."""
-    return parse_config(study.user_attrs["config"], study.user_attrs.get("source"))
-
-
-def is_multi_objective(study: optuna.Study) -> bool:
-    """Whether the study has more than one objective (``search.cost`` or ``per_task``)."""
-    return len(study.directions) > 1
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """The names of the study's objectives in value order (``["value"]`` for a study without them)."""
-    return list(study.user_attrs.get("objective_names") or ["value"] * len(study.directions))
-
-
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The feasible complete trials that no other one dominates, sorted by their last objective
-    (the first cost objective when there is one); a single-objective study's best trial."""
-    if not is_multi_objective(study):
-        try:
-            return [study.best_trial]
-        except ValueError:
-            return []
-    return sorted(study.best_trials, key=lambda t: (t.values[-1], t.number))
-
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count towards ``n_trials``: complete, pruned, or failed for a recorded reason.
-
-    A trial failed by an interruption (Ctrl-C, a killed process) does not count; it is retried.
-    """
-    return [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
-    ]
-
-
-def _budget_check(costs: dict[str, float], constraints: dict[str, float]) -> tuple[dict[str, float], list[str]]:
-    """Optuna constraint values (``cost / limit - 1``; <= 0 is feasible) and the budgets exceeded."""
-    values, over = {}, []
-    for budget, limit in constraints.items():
-        cost = BUDGETS[budget]
-        values[budget] = costs[cost] / limit - 1.0
-        if values[budget] > 0:
-            over.append(f"{cost} {costs[cost]:.6g} > {budget} {limit:.6g}")
-    return values, over
+class _Surplus(Exception):
+    """A trial started after the study's total was reached."""
 
 
 @dataclass
-class _Objective:
+class _Search:
+    """What every stage of one worker's search needs."""
+
+    config: SearchConfig
     experiment: Experiment
     space: SearchSpace
     spec: ObjectiveSpec
     device: str
-    artifacts: FileSystemArtifactStore
-    baseline: dict[str, float] | None = None
-    constraints: dict[str, float] = field(default_factory=dict)
+    study: optuna.Study
+    jobs: JobQueue
+    store: FileSystemArtifactStore
+    say: Callable[[str], None]
+    baselines: BaselineChoice | None = None
+    target: int = 0
+    last: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
 
-    def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        data = self.experiment.data
-        candidate = self.space.sample(trial)
-        trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("tree", candidate.tree.compact())
-        seed_everything(candidate.train.seed)
-        net = build_model(candidate.tree, self.experiment.backbone, data.tasks, self.device)
-        wanted = set(self.spec.cost) | {BUDGETS[b] for b in self.constraints}
-        costs = measure_costs(net, data.input_shape, wanted)
-        trial.set_user_attr("n_params", int(costs["n_params"]))
-        trial.set_user_attr("cost", costs)
-        constraint_values, over = _budget_check(costs, self.constraints)
-        for budget, value in constraint_values.items():
-            trial.set_constraint(budget, value)
-        if over:
-            reason = "over budget, not trained: " + "; ".join(over)
-            trial.set_user_attr("over_budget", reason)
-            raise optuna.TrialPruned(reason)
-        balancer = create_balancer(candidate.balancer, data.task_names, **candidate.balancer_params)
-        history: list[float] = []
+    @property
+    def tasks(self) -> list[str]:
+        return self.experiment.data.task_names
 
-        def on_epoch(result: EpochResult) -> None:
-            value = self.spec.quality_values(result.val_metrics, self.baseline)[0]
-            history.append(value)
-            trial.set_user_attr("history", history)
-            if self.spec.is_multi:
-                return  # Optuna has no pruning for multi-objective studies (module docstring)
-            trial.report(value, result.epoch)
-            if trial.should_prune():
-                trial.set_user_attr("val_metrics", result.val_metrics)
-                raise optuna.TrialPruned(f"pruned after epoch {result.epoch} (objective {value:.4f})")
-
-        try:
-            result = fit(net, data, balancer, candidate.train, on_epoch=on_epoch)
-        except NonFiniteLossError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
-        trial.set_user_attr("val_metrics", result.val_metrics)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"trial{trial.number}.safetensors")
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
-            artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=path, study_or_trial=trial)
-        trial.set_user_attr("weights_artifact", artifact_id)
-        values = self.spec.values(result.val_metrics, self.baseline, costs)
-        return values if self.spec.is_multi else values[0]
+    def quality(self, metrics: Mapping[str, float], reference: Mapping[str, float]) -> float:
+        """The confirmed scalar objective of one run's validation metrics."""
+        tasks = self.experiment.data.tasks
+        if self.spec.quality == "delta_m":
+            return delta_m(metrics, reference, tasks)
+        if self.spec.quality == "weighted":
+            return weighted_score(metrics, tasks, self.spec.weights)
+        return aggregate_score(metrics, tasks)
 
 
-def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+# ------------------------------------------------------------------------------------ the study
+def _make_sampler(config: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=5)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5)
 
 
-def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
-    if config.pruner == "none":
+def _make_pruner(config: SearchConfig, spec: ObjectiveSpec) -> optuna.pruners.BasePruner:
+    epochs = int(config.train["epochs"].value)
+    if spec.is_multi or config.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return RankAgreementPruner(epochs)
 
 
-def _trial_line(trial: FrozenTrial, names: Sequence[str]) -> str:
-    metrics = trial.user_attrs.get("val_metrics", {})
-    per_task = " ".join(f"{t}={v:.3f}" for t, v in metrics.items())
-    if trial.values is None:
-        value = "-"
+def _open_study(config: SearchConfig, spec: ObjectiveSpec, sampler: optuna.samplers.BaseSampler, artifacts: str) -> optuna.Study:
+    storage = open_storage(config.storage, create=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=config.study_name,
+            directions=spec.directions,  # type: ignore[arg-type]
+            sampler=sampler,
+            pruner=_make_pruner(config, spec),
+            load_if_exists=True,
+        )
+    stored = read_attr(study, "config")
+    if stored is None:
+        write_attr(study, "config", {"name": config.name, **config.raw})
+        write_attr(study, "source", config.source)
+        write_attr(study, "objective", spec.describe())
+        write_attr(study, "objective_names", spec.names)
+        write_attr(study, "artifacts", artifacts)
     else:
-        value = " ".join(f"{n}={format_number(v)}" for n, v in zip(names, trial.values))
-    reason = trial.user_attrs.get("fail_reason", "") or trial.user_attrs.get("over_budget", "")
-    return (
-        f"trial {trial.number:>3} {trial.state.name.lower():>8} {value} "
-        f"balancer={trial.params.get('balancer', '?')} tree=[{trial.user_attrs.get('tree', '?')}] "
-        f"{per_task}{'  ' + reason if reason else ''}"
-    )
+        old = parse_config(stored, read_attr(study, "source"))
+        changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
+        if changed:
+            raise ConfigError(
+                changed[0],
+                f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
+                "resume it with the original config, or pass --study-name to start a new study",
+            )
+        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
+            raise ConfigError("search.objective", f"study '{config.study_name}' has other objectives")
+    return study
 
 
+# -------------------------------------------------------------------------------------- the jobs
+def _job_handler(search: _Search) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
+    """Runs one baseline or confirmation job: train, store the weights, return the metrics."""
+
+    def handle(job: Mapping[str, Any]) -> Mapping[str, Any]:
+        config, data = search.config, search.experiment.data
+        if "candidate" in job:
+            candidate = Candidate.from_dict(job["candidate"]).with_seed(int(job["seed"]))
+        elif "lr_by_task" in job:
+            lr_by_task = {t: float(v) for t, v in job["lr_by_task"].items()}
+            candidate = baseline_candidate(config, data.task_names, search.experiment.backbone.n_blocks, int(job["seed"]), lr_by_task=lr_by_task)
+        else:
+            candidate = baseline_candidate(config, data.task_names, search.experiment.backbone.n_blocks, int(job["seed"]), lr=float(job["lr"]))
+        try:
+            run = train_candidate(search.experiment, candidate, search.device)
+        except NonFiniteLossError as exc:
+            if job["key"].startswith("baseline"):
+                raise
+            return {"fail_reason": str(exc)}
+        artifact = upload_weights(run.net, search.store, search.jobs.study, job["key"].replace("/", "_"))
+        return {**run.summary(), "weights_artifact": artifact}
+
+    return handle
+
+
+def _ensure_baselines(search: _Search) -> BaselineChoice:
+    """Train (or join, or read) the tuning runs of the baselines; choose; check; record."""
+    recorded = read_attr(search.study, "baselines")
+    data = search.experiment.data
+    if recorded is not None:
+        choice = BaselineChoice.from_dict(recorded)
+    else:
+        seed = baseline_tuning_seed(search.config.seed)
+        jobs = tuning_jobs(search.config, seed)
+        search.say(
+            "baselines: single-task networks choose each task's learning rate among "
+            + ", ".join(f"{j['lr']:g}" for j in jobs)
+            + f" on validation ({len(jobs)} run(s) of {len(data.tasks)} networks)"
+        )
+        search.jobs.submit(jobs)
+        results = search.jobs.wait([j["key"] for j in jobs], _job_handler(search))
+        choice = choose(data.tasks, [j["lr"] for j in jobs], seed, {j["lr"]: results[j["key"]]["val"] for j in jobs})
+        choice.trivial = trivial_metrics(data, "val")
+        write_attr(search.study, "baselines", choice.to_dict())
+    check_sane(choice, data.tasks)
+    return choice
+
+
+# --------------------------------------------------------------------------------- screening
+def _enqueue_first(search: _Search, seeds: Sequence[dict[str, Any]]) -> None:
+    """The obvious designs, then the affinity-derived trees, once per study."""
+    if read_attr(search.study, "obvious_enqueued"):
+        return
+    for design in search.space.obvious_designs():
+        search.study.enqueue_trial(design.params, user_attrs=TrialRecord.enqueued("obvious", design.label), skip_if_exists=True)
+    for params in seeds:
+        search.study.enqueue_trial(params, user_attrs=TrialRecord.enqueued("obvious", "from affinity"), skip_if_exists=True)
+    write_attr(search.study, "obvious_enqueued", True)
+
+
+def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Enqueue a copy of an interrupted trial (at most :data:`MAX_RETRY` times), as Optuna's
+    heartbeat does for a killed worker's trial."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    if len(frozen.system_attrs.get("retry_history", [])) >= MAX_RETRY:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+
+
+class _Screen:
+    """The objective of the screening trials (stage 3 of the module docstring)."""
+
+    def __init__(self, search: _Search) -> None:
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        s = self.search
+        s.last.append(trial.number)
+        record = TrialRecord.fresh(trial)
+        try:
+            return self._run(trial, record)
+        except KeyboardInterrupt:
+            record.interrupted = "interrupted"
+            record.save(trial)
+            _retry_later(s.study, trial)
+            raise
+
+    def _run(self, trial: optuna.Trial, record: TrialRecord) -> float | list[float]:
+        s = self.search
+        trials = s.study.get_trials(deepcopy=False)
+        if counted_before(trials, trial.number) >= s.target:
+            record.surplus = True
+            record.save(trial)
+            frozen = next(t for t in trials if t.number == trial.number)
+            if "fixed_params" in frozen.system_attrs:  # an enqueued design: hand it back
+                s.study.enqueue_trial(dict(frozen.system_attrs["fixed_params"]), user_attrs=TrialRecord.enqueued(record.stage, record.label))
+            raise _Surplus
+        candidate = s.space.sample(trial)
+        record.candidate, record.key, record.tree = candidate.to_dict(), candidate.key(), candidate.tree.compact()
+        others = active_runs(trials, record.key, trial.number)
+        if others:
+            record.repeat_of = min(t.number for t in others)
+            if len(others) >= MAX_SCREEN_RUNS:
+                return self._answer(trial, record, others)
+        record.save(trial)
+        seed_everything(candidate.train.seed)
+        net = build_model(candidate.tree, s.experiment.backbone, s.experiment.data.tasks, s.device)
+        wanted = set(s.spec.cost) | {BUDGETS[b] for b in s.config.constraints} | {"flops"}
+        costs = measure_costs(net, s.experiment.data.input_shape, wanted)
+        record.n_params, record.flops = int(costs["n_params"]), costs["flops"]
+        record.cost = {k: v for k, v in costs.items() if k in s.spec.cost or k in ("n_params", "flops")}
+        over = self._budgets(trial, costs)
+        if over:
+            record.over_budget = "over budget, not trained: " + "; ".join(over)
+            record.save(trial)
+            raise optuna.TrialPruned(record.over_budget)
+        record.save(trial)
+        try:
+            run = train_candidate(s.experiment, candidate, s.device, on_epoch=self._on_epoch(trial, record), net=net)
+        except NonFiniteLossError as exc:
+            record.fail_reason = str(exc)
+            record.save(trial)
+            raise
+        record.val_metrics, record.train_seconds = run.val_metrics, round(run.seconds, 3)
+        record.weights_artifact = upload_weights(run.net, s.store, trial, f"trial{trial.number}")
+        record.save(trial)
+        values = s.spec.values(run.val_metrics, s.baselines.val if s.baselines else None, costs)
+        return values if s.spec.is_multi else values[0]
+
+    def _answer(self, trial: optuna.Trial, record: TrialRecord, others: Sequence[FrozenTrial]) -> float | list[float]:
+        """A design with its runs already: its mean, without training (not counted)."""
+        record.answered_from = "study"
+        record.save(trial)
+        done = [t.values for t in others if t.state == TrialState.COMPLETE and t.values is not None]
+        if not done:
+            raise optuna.TrialPruned(f"same design as trial {record.repeat_of}, which has no complete run; not trained again")
+        mean = [sum(v[i] for v in done) / len(done) for i in range(len(done[0]))]
+        return mean if self.search.spec.is_multi else mean[0]
+
+    def _budgets(self, trial: optuna.Trial, costs: Mapping[str, float]) -> list[str]:
+        over = []
+        for budget, limit in self.search.config.constraints.items():
+            cost = BUDGETS[budget]
+            value = costs[cost] / limit - 1.0
+            trial.set_constraint(budget, value)
+            if value > 0:
+                over.append(f"{cost} {costs[cost]:.6g} > {budget} {limit:.6g}")
+        return over
+
+    def _on_epoch(self, trial: optuna.Trial, record: TrialRecord) -> Callable[[EpochResult], None]:
+        s = self.search
+
+        def on_epoch(result: EpochResult) -> None:
+            value = s.spec.quality_values(result.val_metrics, s.baselines.val if s.baselines else None)[0]
+            record.history.append(value)
+            record.epochs_trained = result.epoch + 1
+            record.val_metrics = result.val_metrics
+            record.save(trial)
+            if s.spec.is_multi:
+                return  # Optuna has no pruning for multi-objective studies
+            trial.report(value, result.epoch)
+            if trial.should_prune():
+                pruner = s.study.pruner
+                why = pruner.explain(trial.number) if isinstance(pruner, RankAgreementPruner) else ""
+                record.pruned_reason = why or f"pruned after epoch {result.epoch + 1} by the median rule (objective {value:.4g})"
+                record.save(trial)
+                raise optuna.TrialPruned(record.pruned_reason)
+
+        return on_epoch
+
+
+def screening_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials of a study that hold a design (every stage but surplus trials)."""
+    return [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).key and not TrialRecord.of(t).surplus]
+
+
+def _screen(search: _Search, timeout: float | None, progress: bool, echo: Callable[[str], None] | None) -> str:
+    """Run screening trials until the study's total is reached; returns why it stopped."""
+    from automtl.report import trial_line
+
+    s = search
+    objective = _Screen(s)
+    start = time.monotonic()
+    bar = tqdm(total=s.target, initial=min(s.target, len(finished_trials(s.study))), desc=f"search {s.config.study_name}",
+               unit="trial", disable=not progress)  # fmt: skip
+    write = echo or (bar.write if progress else None)
+    streak = 0
+    try:
+        while True:
+            trials = s.study.get_trials(deepcopy=False)
+            done = sum(counts_toward_total(t) for t in trials)
+            bar.n = min(done, s.target)
+            bar.refresh()
+            if done >= s.target:
+                return "total reached"
+            if timeout is not None and time.monotonic() - start > timeout:
+                return f"timeout after {timeout:g} s"
+            if streak >= MAX_ANSWERED_STREAK:
+                return f"the sampler proposed only finished designs {streak} times in a row; the space may be exhausted"
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            waiting = [t for t in trials if t.state == TrialState.WAITING]
+            if done + len(running) >= s.target and not waiting:
+                time.sleep(POLL_SECONDS)  # other workers are finishing the last trials
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(s.study)
+                continue
+            n_before = len(s.last)
+            s.study.optimize(objective, n_trials=1, catch=(NonFiniteLossError, _Surplus))
+            if len(s.last) == n_before:
+                continue
+            number = s.last[-1]
+            trial = next(t for t in s.study.get_trials(deepcopy=False) if t.number == number)
+            record = TrialRecord.of(trial)
+            if record.surplus:
+                continue
+            streak = streak + 1 if record.answered_from else 0
+            if write is not None:
+                write(trial_line(trial, s.spec.names))
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------ confirmation
+def _select(search: _Search, runs: Sequence[DesignRuns]) -> list[DesignRuns]:
+    """The designs to confirm: the ``top_k`` best by mean screening objective (the front's best in
+    quality for several objectives), and the best obvious hard-sharing design; single-task trees
+    are left out (the baselines are the single-task networks)."""
+    top_k = search.config.confirm_top_k
+    pool = [d for d in runs if not _is_single_task(d)]
+    if search.spec.is_multi:
+        means = [[d.mean(i) for i in range(len(search.spec.names))] for d in pool]
+        front = [pool[i] for i in pareto_indices(means, [x == "maximize" for x in search.spec.directions])]
+        chosen = sorted(front, key=lambda d: -d.mean(0))[:top_k]
+    else:
+        chosen = sorted(pool, key=lambda d: -d.mean(0))[:top_k]
+    hps = [d for d in pool if d.label.startswith("hard sharing")]
+    if hps and not any(d.key in {h.key for h in hps} for d in chosen):
+        chosen.append(max(hps, key=lambda d: d.mean(0)))
+    return chosen
+
+
+def _is_single_task(d: DesignRuns) -> bool:
+    candidate = d.record.candidate or {}
+    tree = BranchTree.from_dict(candidate["tree"]) if candidate else None
+    return tree is not None and tree == BranchTree.single_task(tree.tasks, tree.n_blocks)
+
+
+def _single_task_budget(search: _Search, tree: BranchTree) -> str:
+    """Which hard budgets the single-task networks exceed ("" if none)."""
+    if not search.config.constraints:
+        return ""
+    net = build_model(tree, search.experiment.backbone, search.experiment.data.tasks, search.device)
+    costs = measure_costs(net, search.experiment.data.input_shape, {BUDGETS[b] for b in search.config.constraints})
+    over = [f"{BUDGETS[b]} {costs[BUDGETS[b]]:.6g} > {b} {limit:.6g}" for b, limit in search.config.constraints.items()
+            if costs[BUDGETS[b]] > limit]  # fmt: skip
+    return "; ".join(over)
+
+
+def _confirm(search: _Search) -> Confirmation | None:
+    s = search
+    runs = designs(screening_trials(s.study))
+    if not runs or s.baselines is None:
+        return None
+    chosen = _select(s, runs)
+    seeds = confirmation_seeds(s.config.seed, s.config.confirm_seeds)
+    jobs: list[dict[str, Any]] = []
+    for d in chosen:
+        name = d.label or f"trial {d.first}"
+        for i, seed in enumerate(seeds):
+            jobs.append({"key": f"confirm/{d.key}/{i}", "candidate": d.record.candidate, "seed": seed, "seed_index": i,
+                         "what": f"{name}, confirmation seed {i}"})  # fmt: skip
+    jobs += [confirm_job(s.baselines.lr_by_task, seed, i) for i, seed in enumerate(seeds)]
+    todo = [j for j in jobs if j["key"] not in s.jobs.results([j["key"] for j in jobs])]
+    if todo:
+        s.say(
+            f"confirmation: {len(chosen)} design(s) and the single-task networks, each trained with {len(seeds)} fresh "
+            f"seed(s), paired ({len(jobs)} runs, {len(todo)} to train)"
+        )
+    s.jobs.submit(jobs)
+    results = s.jobs.wait([j["key"] for j in jobs], _job_handler(s))
+    baseline_runs = [results[f"baseline-confirm/{i}"] for i in range(len(seeds))]
+    data = s.experiment.data
+    single_tree = BranchTree.single_task(data.task_names, s.experiment.backbone.n_blocks)
+    single = ConfirmedDesign(
+        SINGLE_TASK, "single-task networks", "single-task", None,
+        baseline_candidate(s.config, data.task_names, single_tree.n_blocks, seeds[0], lr_by_task=s.baselines.lr_by_task).to_dict(),
+        single_tree.compact(), "equal", int(baseline_runs[0]["n_params"]), float(baseline_runs[0]["flops"]), None, 0,
+        val_metrics=[r["val"] for r in baseline_runs], weights=[r["weights_artifact"] for r in baseline_runs],
+        over_budget=_single_task_budget(s, single_tree),
+    )  # fmt: skip
+    confirmed = []
+    for d in chosen:
+        rs = [results[f"confirm/{d.key}/{i}"] for i in range(len(seeds))]
+        if any("fail_reason" in r for r in rs):
+            s.say(f"confirmation: {d.label or f'trial {d.first}'} failed in a confirmation run ({next(r['fail_reason'] for r in rs if 'fail_reason' in r)}); left out")
+            continue
+        record = d.record
+        confirmed.append(
+            ConfirmedDesign(
+                d.key, d.label or f"trial {d.first}", "obvious" if d.label else "sampled", d.first, record.candidate,
+                record.tree, (record.candidate or {}).get("balancer", "?"), int(rs[0]["n_params"]), float(rs[0]["flops"]),
+                d.mean(0), len(d.values), val_metrics=[r["val"] for r in rs], weights=[r["weights_artifact"] for r in rs],
+                costs={k: v for k, v in record.cost.items() if k in s.spec.cost},
+            )
+        )  # fmt: skip
+    objective = s.spec.quality if s.spec.quality != "per_task" else "mean_score"
+    conf = analyse(objective, _QUALITY_UNIT[s.spec.quality], seeds, [r["val"] for r in baseline_runs], confirmed, single, s.quality)
+    write_attr(s.study, "confirmation", conf.to_dict())
+    return conf
+
+
+# ------------------------------------------------------------------------------------- signals
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what batch schedulers and containers send) raises KeyboardInterrupt, as Ctrl-C does."""
+    if os.name != "posix" or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------- the search
 def run_search(
     config: SearchConfig,
     *,
@@ -288,147 +556,137 @@ def run_search(
     echo: Callable[[str], None] | None = None,
     seed_from_affinity: str | os.PathLike[str] | None = None,
     restrict_to_affinity: bool = False,
+    confirm: bool | None = None,
+    artifacts: str | os.PathLike[str] | None = None,
+    worker: int = 0,
+    threads: int | None = None,
 ) -> optuna.Study:
-    """Run (or resume) the search described by ``config``.
+    """Run (or resume, or join as one more worker) the search described by ``config``.
 
     The study lives in ``storage`` under ``study_name``; running again with the same ones
-    resumes it until ``n_trials`` trials have finished in all. Keyword arguments override the
-    configuration's values.
+    resumes it until ``n_trials`` screening trials have finished in all, across all workers,
+    then confirms (module docstring). Keyword arguments override the configuration's values.
 
     Args:
         config: The search configuration.
-        n_trials: Total finished trials to reach (default ``config.n_trials``).
-        timeout: Seconds after which no new trial starts.
-        storage: Optuna storage URL (default ``config.storage``, SQLite).
+        n_trials: The study's total of finished screening trials (default ``config.n_trials``).
+        timeout: Seconds after which no new screening trial starts (the confirmation still runs).
+        storage: Optuna storage URL (default ``config.storage``; forms in :mod:`automtl.study`).
         study_name: Default ``config.study_name``.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...
-        seed: Sampler and training seed.
-        progress: Show a tqdm bar over trials with the best value so far.
-        echo: Where to print one line per finished trial with its per-task metrics
-            (default: above the progress bar; ``None`` with ``progress=False``: silent).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+        seed: Study seed (sampler, every run's training seed; :mod:`automtl.seeds`).
+        progress: Show a tqdm bar over the study's total.
+        echo: Where to print one line per finished trial and per stage (default: above the bar;
+            ``None`` with ``progress=False``: silent).
         seed_from_affinity: A directory written by :meth:`automtl.affinity.AffinityResult.save`;
-            the trees derived from it (:func:`automtl.affinity.seed_params`) are enqueued as the
-            first trials.
+            the trees derived from it are enqueued with the obvious designs.
         restrict_to_affinity: Also fix the task grouping to the affinity's best grouping into at
             most ``space.max_groups`` groups (Optuna's ``PartialFixedSampler``).
+        confirm: ``False`` skips the confirmation stage (default: ``config.confirm_seeds > 0``).
+        artifacts: Folder of the weights (default ``config.artifacts``, else beside a SQLite or
+            journal file; required for a server storage).
+        worker: This worker's index (its sampler seed; :func:`automtl.seeds.sampler_seed`).
+        threads: Torch intra-op threads (default ``config.threads``, else torch's default).
 
     Returns:
-        The study.
+        The study; its ``confirmation`` attribute holds the confirmed answer and the verdict.
 
     Raises:
         ConfigError: Invalid configuration, or the study exists with another search space.
         DataError: The data are absent or malformed.
+        StorageError: The storage URL or the artifact folder is unusable.
+        BaselineError: A single-task baseline is no better than a constant predictor.
+        JobFailed: A baseline run failed (NaN or divergence).
     """
     overrides: dict[str, Any] = {}
-    if storage is not None:
-        overrides["storage"] = storage
-    if study_name is not None:
-        overrides["study_name"] = study_name
-    if device is not None:
-        overrides["device"] = device
-    if seed is not None:
-        overrides["seed"] = seed
+    for key, value in (("storage", storage), ("study_name", study_name), ("device", device), ("seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    if artifacts is not None:
+        overrides["artifacts"] = str(artifacts)
+    if confirm is False:
+        overrides["confirm_seeds"] = 0
     config = replace(config, **overrides)
     try:
         resolve_device(config.device)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError("device", str(exc)) from exc
+    if threads or config.threads:
+        torch.set_num_threads(int(threads or config.threads))  # type: ignore[arg-type]
+    target = n_trials if n_trials is not None else config.n_trials
+    if target < 1:
+        raise ConfigError("n_trials", f"must be an integer >= 1, got {target}")
+    started = time.monotonic()
     experiment = prepare(config)
     spec = ObjectiveSpec.from_config(config, experiment.data.tasks)
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seeds: list[dict[str, Any]] = []
-    fixed_grouping: dict[str, Any] | None = None
-    if seed_from_affinity is not None:
-        from automtl.affinity import best_grouping, grouping_params, load_affinity, seed_params
-
-        affinity = load_affinity(seed_from_affinity)
-        if list(affinity.tasks) != space.tasks:
-            raise ConfigError("--seed-from-affinity", f"affinity tasks {list(affinity.tasks)} differ from {space.tasks}")
-        seeds = seed_params(affinity, space)
-        if restrict_to_affinity:
-            groups, _ = best_grouping(affinity.matrix, affinity.tasks, space.max_groups)
-            fixed_grouping = grouping_params(groups, space.tasks)
-            seeds = [p for p in seeds if all(p.get(k) == v for k, v in fixed_grouping.items())]
-    elif restrict_to_affinity:
-        raise ConfigError("--restrict-to-affinity", "needs --seed-from-affinity DIR")
-
-    def sampler_for(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-        base = _make_sampler(cfg)
-        if fixed_grouping is None:
-            return base
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.PartialFixedSampler(fixed_grouping, base)
-
-    study = optuna.create_study(
-        storage=open_storage(config.storage),
-        study_name=config.study_name,
-        directions=spec.directions,
-        sampler=sampler_for(config),
-        pruner=optuna.pruners.NopPruner() if spec.is_multi else _make_pruner(config),
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        study.set_user_attr("config", {"name": config.name, **config.raw})
-        study.set_user_attr("source", config.source)
-        study.set_user_attr("objective", spec.describe())
-        study.set_user_attr("objective_names", spec.names)
-    else:
-        old = parse_config(stored, study.user_attrs.get("source"))
-        changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
-        if changed:
-            raise ConfigError(
-                changed[0],
-                f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
-                "resume it with the original config, or pass --study-name to start a new study",
-            )
-        # a resumed study must not replay the candidates its seeded sampler drew the first time
-        study.sampler = sampler_for(replace(config, seed=config.seed + len(study.trials)))
-    for params in seeds:
-        study.enqueue_trial(params, skip_if_exists=True)
-    target = n_trials if n_trials is not None else config.n_trials
-    remaining = max(0, target - len(finished_trials(study)))
-    if remaining == 0:
-        return study
-    artifacts_path = artifact_dir(config.storage)
-    artifacts_path.mkdir(parents=True, exist_ok=True)
-    say = echo or (print if progress else None)
-    baseline = None
-    if config.objective == "delta_m":
-        cache = baseline_dir(config.storage)
-        if say is not None:
-            say(f"single-task baselines for delta_m: trained once, then read from the cache in {cache}")
-        baseline = single_task_baseline(experiment, cache, ("val",), config.device)["val"]
-        study.set_user_attr("baseline_val", baseline)
-    objective = _Objective(
-        experiment, space, spec, config.device, FileSystemArtifactStore(str(artifacts_path)), baseline, config.constraints
-    )
-    bar = tqdm(total=remaining, desc=f"search {config.study_name}", unit="trial", disable=not progress)
-    write = echo or (bar.write if progress else None)
-
-    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        bar.update(1)
-        if write is not None:
-            write(_trial_line(trial, spec.names))
-        if spec.is_multi:
-            bar.set_postfix_str(f"pareto front: {len(study.best_trials)} trial(s)")
-            return
-        try:
-            best = study.best_trial
-            bar.set_postfix_str(f"best={best.value:.4f} (trial {best.number})")
-        except ValueError:
-            pass
-
-    try:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout if timeout is not None else config.timeout,
-            catch=(NonFiniteLossError,),
-            callbacks=[callback],
-        )
-    finally:
-        bar.close()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures and interrupts get one line of ours
+    seeds, fixed_grouping = _affinity_seeds(space, seed_from_affinity, restrict_to_affinity)
+    store_dir = artifact_dir(config.storage, config.artifacts)
+    sampler = _with_grouping(_make_sampler(config, sampler_seed(config.seed, worker)), fixed_grouping)
+    study = _open_study(config, spec, sampler, str(store_dir))
+    if len(study.trials):  # a resumed study must not replay the candidates its seeded sampler drew before
+        study.sampler = _with_grouping(_make_sampler(config, derive_seed(config.seed, "sampler", worker, len(study.trials))), fixed_grouping)
+    store_dir = artifact_dir(config.storage, config.artifacts, study)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    say = echo or (print if progress else (lambda _: None))
+    search = _Search(config, experiment, space, spec, config.device, study, JobQueue(study._storage, config.study_name),
+                     FileSystemArtifactStore(str(store_dir)), say, target=target)  # fmt: skip
+    if read_attr(study, "task_metrics") is None:
+        write_attr(study, "task_metrics", {t.name: t.metric for t in experiment.data.tasks})
+    if read_attr(study, "hps_flops") is None:
+        hps = build_model(BranchTree.hard_sharing(space.tasks, space.n_blocks), experiment.backbone, experiment.data.tasks, "cpu")
+        write_attr(study, "hps_flops", float(count_flops(hps, experiment.data.input_shape)))
+    n_first = len(space.obvious_designs()) + len(seeds)
+    if target < n_first:
+        say(f"n_trials {target} is less than the {n_first} designs every search measures first; running {n_first}")
+        search.target = n_first
+    with _sigterm_as_interrupt():
+        search.baselines = _ensure_baselines(search)
+        _enqueue_first(search, seeds)
+        stopped = _screen(search, timeout if timeout is not None else config.timeout, progress, echo)
+        if stopped != "total reached":
+            say(f"screening stopped: {stopped}")
+        if config.confirm_seeds > 0:
+            _confirm(search)
+    write_attr(study, f"wall_seconds/{worker}", round(time.monotonic() - started, 1))
     return study
+
+
+def _with_grouping(sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any] | None) -> optuna.samplers.BaseSampler:
+    if fixed is None:
+        return sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler(fixed, sampler)
+
+
+def _affinity_seeds(
+    space: SearchSpace, seed_from_affinity: str | os.PathLike[str] | None, restrict: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    if seed_from_affinity is None:
+        if restrict:
+            raise ConfigError("restrict_to_affinity", "needs seed_from_affinity (the affinity directory)")
+        return [], None
+    from automtl.affinity import (
+        best_grouping,
+        grouping_params,
+        load_affinity,
+        seed_params,
+    )
+
+    affinity = load_affinity(seed_from_affinity)
+    if list(affinity.tasks) != space.tasks:
+        raise ConfigError("seed_from_affinity", f"affinity tasks {list(affinity.tasks)} differ from {space.tasks}")
+    params = seed_params(affinity, space)
+    fixed = None
+    if restrict:
+        groups, _ = best_grouping(affinity.matrix, affinity.tasks, space.max_groups)
+        fixed = grouping_params(groups, space.tasks)
+        params = [p for p in params if all(p.get(k) == v for k, v in fixed.items())]
+    full = []
+    for p in params:  # complete each tree with the space's defaults, so the design is fixed
+        tree = space.decode_tree(p)
+        lone = space.family_default("loss_weighting") or next(iter(space.balancers))
+        full.append(space.params_for(tree, lone))
+    return full, fixed

@@ -45,6 +45,9 @@ class TrainConfig:
         optimizer: ``adamw`` (default), ``adam`` or ``sgd`` (momentum 0.9).
         seed: Seeds parameter initialisation (via :func:`seed_everything`) and batch order.
         eval_batch_size: Samples per forward pass in evaluation.
+        lr_by_task: Per-task learning rates of the parameters used by one task only (a
+            single-task network's blocks and every head); ``None``: ``lr`` everywhere. The
+            tuned single-task baselines use it (:mod:`automtl.baselines`).
     """
 
     epochs: int = 5
@@ -54,14 +57,16 @@ class TrainConfig:
     optimizer: str = "adamw"
     seed: int = 0
     eval_batch_size: int = 2048
+    lr_by_task: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer '{self.optimizer}'; expected one of {sorted(OPTIMIZERS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        for name, lr in [("lr", self.lr), *((f"lr_by_task.{t}", v) for t, v in (self.lr_by_task or {}).items())]:
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"{name} must be a positive finite number, got {lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +177,21 @@ def _epoch_means(
     return {t: float(sums[t]) / counts[t] for t in sums}, {t: weight_sums[t] / counts[t] for t in weight_sums}
 
 
+def _optimizer(net: BranchedNet, balancer: Balancer, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer over the network's and the balancer's parameters; with ``lr_by_task``, a
+    parameter group per learning rate (a node or head used by one task takes that task's rate)."""
+    make = OPTIMIZERS[config.optimizer]
+    if not config.lr_by_task:
+        return make(list(net.parameters()) + list(balancer.parameters()), lr=config.lr, weight_decay=config.weight_decay)
+    by_lr: dict[float, list[torch.nn.Parameter]] = {}
+    for group in net.param_groups():
+        lr = config.lr_by_task.get(group.tasks[0], config.lr) if len(group.tasks) == 1 else config.lr
+        by_lr.setdefault(lr, []).extend(group.params)
+    by_lr.setdefault(config.lr, []).extend(balancer.parameters())
+    groups = [{"params": params, "lr": lr} for lr, params in by_lr.items() if params]
+    return make(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def fit(
     net: BranchedNet,
     data: MultiTaskData,
@@ -201,8 +221,7 @@ def fit(
     device = next(net.parameters()).device
     balancer.to(device)
     train, val = data.train.to(device), data.val.to(device)
-    params = list(net.parameters()) + list(balancer.parameters())
-    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(net, balancer, config)
     generator = torch.Generator().manual_seed(config.seed)
     param_groups = net.param_groups()
     history: list[EpochResult] = []

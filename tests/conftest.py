@@ -46,6 +46,7 @@ def tiny_raw(storage_dir: Path) -> dict[str, Any]:
             "sampler": "random",
             "pruner": "none",
             "seed": 0,
+            "confirm": {"top_k": 1, "seeds": 2},
             "storage": f"sqlite:///{storage_dir / 'study.db'}",
         },
         "device": "cpu",
@@ -119,8 +120,10 @@ def nan_loss_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
 
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, Any]:
-    """One finished 3-trial search shared by the export and report tests: ``(config, study)``."""
+    """One finished search shared by the export and report tests: ``(config, study)``; 5 trials:
+    the 3 obvious designs, then 2 sampled ones; confirmation of the best 2 with 2 seeds."""
     from automtl.search import run_search
 
-    config = parse_config(set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 3))
+    raw = set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 5)
+    config = parse_config(set_key(raw, "search.confirm", {"top_k": 2, "seeds": 2}))
     return config, run_search(config, progress=False)

@@ -53,14 +53,18 @@ def test_search(searched_cli: dict[str, Any]) -> None:
     assert searched_cli["code"] == 0, searched_cli["err"]
     out = searched_cli["out"]
     lines = out.splitlines()
-    assert lines[0].startswith("single-task baselines for delta_m")  # the default objective needs them
-    assert lines[1].startswith("trial   0 complete delta_m=") and lines[2].startswith("trial   1 complete")
+    assert lines[0].startswith("baselines: single-task networks choose each task's learning rate")
+    assert lines[1].startswith("trial   0 complete delta_m=") and "obvious: hard sharing + equal" in lines[1]
     assert all(f" {t}=" in lines[1] for t in "abcd")
-    assert "study 'tiny': 2 complete" in out and "best: trial" in out and "higher is better" in out
+    assert lines[2].startswith("trial   1 complete") and "obvious: single-task networks + equal" in lines[2]
+    assert "study 'tiny': 2 complete" in out and "higher is better" in out
+    assert "\ncost: screening " in out and " TRE " in out and "wall time of this run" in out
+    # the output ends with the verdict
+    assert "\nverdict:\n" in out and out.rstrip().splitlines()[-1].startswith("(Δm differences are mean ± std")
     assert Path(searched_cli["storage"][len("sqlite:///") :]).is_file()
     # a second search resumes: nothing left to run
     code, out, _ = run("search", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--no-progress")
-    assert code == 0 and "trial   2" not in out and "2 complete" in out
+    assert code == 0 and "trial   2" not in out and "2 complete" in out and "confirmation:" not in out.split("study")[0]
 
 
 @pytest.mark.slow
@@ -69,10 +73,11 @@ def test_show(searched_cli: dict[str, Any]) -> None:
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("trial"))
     assert header.split()[:6] == ["trial", "state", "delta_m", "balancer", "params", "tree"]
-    assert header.split()[6:10] == ["a", "b", "c", "d"]  # one validation-metric column per task
-    assert "higher is better" in out
-    assert "\ninput\n" in out and "head a" in out and "head d" in out  # the best tree, drawn
-    assert "task indices: 0=a  1=b  2=c  3=d" in out
+    # one validation-metric column per task, each naming its metric
+    assert header.split()[6:14] == ["a", "(auroc)", "b", "(r2)", "c", "(accuracy)", "d", "(auroc)"]
+    assert "higher is better" in out and "trivial val" in out  # the baselines beside a constant predictor
+    assert "\ninput\n" in out and "head a" in out and "head d" in out  # the answer's tree, drawn
+    assert "task indices: 0=a  1=b  2=c  3=d" in out and "verdict:" in out and "cost: screening" in out
     # the config file locates the study too (with the same storage)
     code, by_config, _ = run("show", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--top", "1")
     assert code == 0 and "study 'tiny'" in by_config
@@ -133,7 +138,8 @@ def test_missing_inputs_exit_2(tmp_path: Path) -> None:
     code, _, err = run("search", str(tmp_path / "nope.yaml"))
     assert code == 2 and "nope.yaml" in err
     code, _, err = run("show", "--storage", f"sqlite:///{tmp_path / 'empty.db'}")
-    assert code == 2 and "no study in storage" in err
+    assert code == 2 and "empty.db does not exist" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "empty.db").exists()  # reading a study never creates its storage
     code, _, err = run("evaluate", str(tmp_path))
     assert code == 2 and "is missing" in err
 

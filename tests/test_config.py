@@ -46,7 +46,7 @@ def test_tiny_config_is_valid(tmp_path: Path, raw_config: dict[str, Any]) -> Non
 def test_defaults() -> None:
     config = parse_config({"data": "x"}, source="some/dir/my_search.yaml")
     assert config.name == config.study_name == "my_search"
-    assert (config.backbone, config.sampler, config.pruner, config.storage) == ("mlp", "tpe", "median", DEFAULT_STORAGE)
+    assert (config.backbone, config.sampler, config.pruner, config.storage) == ("mlp", "tpe", "auto", DEFAULT_STORAGE)
     assert config.space.balancers == {"equal": {}} and config.space.max_groups == 3
     assert config.train["batch_size"] == ParamSpec("fixed", value=128)
     assert config.timeout is None and config.device == "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -14,8 +15,11 @@ import yaml
 import automtl
 from automtl.build import BranchedNet
 from automtl.config import SearchConfig, load_config, parse_config
+from automtl.confirm import Confirmation
+from automtl.errors import NonFiniteLossError
 from automtl.export import evaluate_bundle, export_trial, load
 from automtl.search import run_search
+from automtl.study import TrialRecord
 from automtl.tree import BranchTree
 from tests import helpers
 
@@ -32,24 +36,32 @@ def bundle(searched: tuple[SearchConfig, optuna.Study], tmp_path_factory: pytest
     return out
 
 
+def _answer(study: optuna.Study) -> Any:
+    return Confirmation.from_dict(study.user_attrs["confirmation"]).best
+
+
 def test_bundle_contents(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
     config, study = searched
     assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES
     metrics = json.loads((bundle / "metrics.json").read_text())
-    best = study.best_trial
-    assert (metrics["study"], metrics["trial"], metrics["selected_on"]) == ("tiny", best.number, "val")
-    assert metrics["search_values"] == {"delta_m": best.value} and not metrics["multi_objective"]
-    assert metrics["n_params"] == best.user_attrs["n_params"]
+    best = _answer(study)
+    assert (metrics["study"], metrics["design"], metrics["selected_on"]) == ("tiny", best.label, "val")
+    assert metrics["weights_from"] == "its first confirmation seed" and not metrics["multi_objective"]
+    assert metrics["n_params"] == best.n_params
     assert set(metrics["val"]) == set(metrics["test"]) == {"a", "b", "c", "d"}
     assert metrics["metric_of_task"]["b"] == {"metric": "r2", "direction": "maximize"}
-    # the exported weights are the trial's: validation metrics are reproduced bit for bit
-    assert metrics["val"] == best.user_attrs["val_metrics"]
-    assert metrics["val_delta_m"] == pytest.approx(best.value, rel=1e-12)
+    # the exported weights are the first confirmation run's: its validation metrics bit for bit
+    assert metrics["val"] == best.val_metrics[0]
+    assert metrics["val_delta_m"] == pytest.approx(best.values[0], rel=1e-9)
+    # every confirmation seed is reported, none chosen; its validation mean is the confirmed value
+    assert metrics["confirmed"]["seeds"] == 2
+    assert metrics["confirmed"]["val"]["(delta_m %)"]["mean"] == pytest.approx(best.mean, rel=1e-9)
+    assert metrics["verdict"] == Confirmation.from_dict(study.user_attrs["confirmation"]).verdict
     tree_text = (bundle / "tree.yaml").read_text()
     assert tree_text.startswith("# input\n") and "# " in tree_text and "head a" in tree_text
-    assert BranchTree.from_yaml(tree_text) == BranchTree.from_dict(best.user_attrs["candidate"]["tree"])
+    assert BranchTree.from_yaml(tree_text) == BranchTree.from_dict(best.candidate["tree"])
     candidate = yaml.safe_load((bundle / "candidate.yaml").read_text())
-    assert candidate["balancer"] == best.params["balancer"] and candidate["train"]["lr"] == best.params["train.lr"]
+    assert candidate["balancer"] == best.balancer and candidate["train"]["lr"] == best.candidate["train"]["lr"]
     assert parse_config(yaml.safe_load((bundle / "config.yaml").read_text())) == parse_config(config.raw)
 
 
@@ -62,7 +74,7 @@ def test_evaluate_reproduces_the_exported_test_metrics_exactly(bundle: Path) -> 
 def test_load_gives_a_model_with_per_task_outputs(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
     net = automtl.load(bundle)
     assert isinstance(net, BranchedNet) and not net.training
-    assert net.tree == BranchTree.from_dict(searched[1].best_trial.user_attrs["candidate"]["tree"])
+    assert net.tree == BranchTree.from_dict(_answer(searched[1]).candidate["tree"])
     data = helpers.tiny_data()
     x = data.test.x[:5]
     out = net(x)
@@ -94,16 +106,18 @@ def test_predict_gives_probabilities_and_original_units(bundle: Path) -> None:
 def test_export_a_given_trial(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
     config, study = searched
     metrics = export_trial(study, config.storage, tmp_path / "t1", trial_number=1)
-    assert metrics["trial"] == 1 and metrics["val"] == study.trials[1].user_attrs["val_metrics"]
-    assert load(tmp_path / "t1").tree == BranchTree.from_dict(study.trials[1].user_attrs["candidate"]["tree"])
+    record = TrialRecord.of(study.trials[1])
+    assert metrics["trial"] == 1 and metrics["val"] == record.val_metrics and metrics["weights_from"] == "trial 1's run"
+    assert load(tmp_path / "t1").tree == BranchTree.from_dict(record.candidate["tree"])  # type: ignore[index]
     with pytest.raises(LookupError, match="no trial 99"):
         export_trial(study, config.storage, tmp_path / "t99", trial_number=99)
 
 
 def test_missing_weights_and_files(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
-    _, study = searched
-    with pytest.raises(FileNotFoundError, match="weights of trial"):
-        export_trial(study, f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "out")
+    config, study = searched
+    with pytest.raises(FileNotFoundError, match="artifact folder .* does not exist"):
+        export_trial(study, config.storage, tmp_path / "out", artifacts=tmp_path / "nowhere")
+    assert not (tmp_path / "out").exists()  # nothing written before the weights are found
     with pytest.raises(FileNotFoundError, match="is missing"):
         load(tmp_path)
 
@@ -114,28 +128,29 @@ def test_unknown_split(bundle: Path) -> None:
 
 
 def test_failed_trial_has_nothing_to_export(
-    make_config: Callable[..., SearchConfig], nan_loss_calls: dict[str, int], tmp_path: Path
+    make_config: Callable[..., SearchConfig], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = make_config(
-        {
-            "tasks": {"b": {"loss": "tests.helpers:nan_loss"}},
-            "train.epochs": 1,
-            "search.n_trials": 1,
-            "search.objective": "mean_score",
-        }
-    )
-    nan_loss_calls["calls_left"] = 1
+    import automtl.search as search_module
+
+    def nan_in_screening(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("on_epoch") is not None:  # screening trials report epochs; baseline runs do not
+            raise NonFiniteLossError("b", 0, 0, float("nan"))
+        return real(*args, **kwargs)
+
+    real = search_module.train_candidate
+    monkeypatch.setattr(search_module, "train_candidate", nan_in_screening)
+    config = make_config({"search.n_trials": 1, "search.objective": "mean_score"})
     study = run_search(config, progress=False)
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL} and "confirmation" not in study.user_attrs
     with pytest.raises(LookupError, match=r"no complete \(feasible\) trial"):
         export_trial(study, config.storage, tmp_path / "out")
-    with pytest.raises(LookupError, match="trial 0 is fail"):
+    with pytest.raises(LookupError, match="trial 0 is fail and has no weights"):
         export_trial(study, config.storage, tmp_path / "out", trial_number=0)
 
 
 def test_export_of_a_config_file_without_name(tmp_path: Path, raw_config: dict) -> None:
     raw = dict(raw_config)
     raw.pop("name")
-    raw["train"] = {**raw["train"], "epochs": 1}
     path = tmp_path / "unnamed.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)

@@ -15,8 +15,12 @@ from optuna.trial import TrialState
 from automtl import report
 from automtl.config import SearchConfig, parse_config
 from automtl.errors import ConfigError
+from automtl.experiment import prepare
 from automtl.export import export_trial
-from automtl.search import is_multi_objective, objective_names, pareto_front, run_search
+from automtl.metrics import delta_m
+from automtl.search import run_search
+from automtl.confirm import Confirmation
+from automtl.study import TrialRecord, is_multi_objective, objective_names, pareto_front
 from tests.conftest import set_key, tiny_raw
 from tests.test_cli import run
 
@@ -49,9 +53,10 @@ def test_objectives_are_quality_then_costs(multi: tuple[SearchConfig, optuna.Stu
     assert len(done) == N_TRIALS  # no trial pruned: Optuna has no pruning for multi-objective studies
     assert isinstance(study.pruner, optuna.pruners.NopPruner)
     for t in done:
-        assert t.values[1] == t.user_attrs["n_params"] == t.user_attrs["cost"]["n_params"]
-        assert t.values[2] == t.user_attrs["cost"]["flops"] > 0
-        assert len(t.user_attrs["history"]) == 2  # every epoch, first objective
+        record = TrialRecord.of(t)
+        assert t.values[1] == record.n_params == record.cost["n_params"]
+        assert t.values[2] == record.cost["flops"] == record.flops and record.flops > 0
+        assert len(record.history) == 2  # every epoch, first objective
 
 
 def test_pareto_front_is_exactly_the_non_dominated_trials(multi: tuple[SearchConfig, optuna.Study]) -> None:
@@ -68,15 +73,15 @@ def test_show_prints_the_front_and_every_members_tree(multi: tuple[SearchConfig,
     _, study = multi
     text = report.format_study(study)
     header = next(line for line in text.splitlines() if line.startswith("trial  state"))
-    assert header.split()[:8] == ["trial", "state", "delta_m", "n_params", "flops", "front", "balancer", "tree"]
+    assert header.split()[:9] == ["trial", "state", "delta_m", "n_params", "flops", "front", "balancer", "params", "tree"]
     front = pareto_front(study)
-    assert f"Pareto front: {len(front)} of {N_TRIALS} trials" in text
+    assert f"Pareto front of the screening: {len(front)} of {N_TRIALS} trials" in text
     for t in front:
         assert f"trial {t.number} (delta_m " in text
     starred = [line for line in text.splitlines() if line.split()[:2][1:] == ["complete"] and " * " in line]
     assert len(starred) == len(front)
     summary = report.format_summary(study)
-    assert f"Pareto front ({len(front)})" in summary
+    assert f"Pareto front of the screening ({len(front)})" in summary and "verdict:" in summary
 
 
 def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
@@ -86,12 +91,17 @@ def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_p
     metrics = export_trial(study, config.storage, tmp_path / "member", member.number)
     assert metrics["trial"] == member.number and metrics["pareto_front"] and metrics["multi_objective"]
     assert metrics["search_values"] == dict(zip(["delta_m", "n_params", "flops"], member.values))
-    assert metrics["val_delta_m"] == pytest.approx(member.values[0], abs=1e-9)  # same weights, same data
+    # the search scored the trial against the tuned baselines; the export against the mean of the
+    # single-task networks' confirmation runs (fresh seeds), on both splits, and says so
+    tasks = prepare(config).data.tasks
+    assert member.values[0] == pytest.approx(delta_m(metrics["val"], study.user_attrs["baselines"]["val"], tasks), abs=1e-9)
+    assert metrics["val_delta_m"] == pytest.approx(delta_m(metrics["val"], metrics["baseline"]["val"], tasks), abs=1e-9)
+    assert metrics["baseline_from"].startswith("single-task networks: mean of their 2 confirmation runs")
     on_disk = json.loads((tmp_path / "member" / "metrics.json").read_text())
     assert on_disk["selection"]["architecture"].startswith(f"trial {member.number}")
-    # the default is the member with the best quality objective
-    best_quality = max(front, key=lambda t: t.values[0])
-    assert export_trial(study, config.storage, tmp_path / "default")["trial"] == best_quality.number
+    # the default is the confirmed answer: the best mean quality over fresh seeds among the front's best
+    conf = Confirmation.from_dict(study.user_attrs["confirmation"])
+    assert export_trial(study, config.storage, tmp_path / "default")["design"] == conf.best.label
     off = [t for t in study.get_trials(states=[TrialState.COMPLETE]) if t.number not in {f.number for f in front}]
     if off:
         assert not export_trial(study, config.storage, tmp_path / "off", off[0].number)["pareto_front"]
@@ -99,20 +109,27 @@ def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_p
 
 def test_budget_rejects_candidates_before_training(tmp_path: Path) -> None:
     raw = tiny_raw(tmp_path)
-    # the tiny trees have about 690 to 1460 parameters: a budget of 1000 rejects some of them
+    # the tiny trees have about 450 to 1600 parameters: a budget of 1000 rejects some of them
     raw["search"].update(n_trials=8, objective="mean_score", constraints={"max_params": 1000})
     study = run_search(parse_config(raw), progress=False)
-    rejected = [t for t in study.trials if "over_budget" in t.user_attrs]
+    records = {t.number: TrialRecord.of(t) for t in study.trials}
+    rejected = [t for t in study.trials if records[t.number].over_budget]
     kept = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert rejected and kept, "the budget should reject some candidates and keep others"
     for t in rejected:
-        assert t.state == TrialState.PRUNED
-        assert t.user_attrs["n_params"] > 1000 and "n_params" in t.user_attrs["over_budget"]
-        assert t.constraints["max_params"] == pytest.approx(t.user_attrs["n_params"] / 1000 - 1) and t.constraints["max_params"] > 0
-        assert "history" not in t.user_attrs and "weights_artifact" not in t.user_attrs  # never trained
+        r = records[t.number]
+        assert t.state == TrialState.PRUNED and r.n_params is not None
+        assert r.n_params > 1000 and "n_params" in (r.over_budget or "")
+        assert t.constraints["max_params"] == pytest.approx(r.n_params / 1000 - 1) and t.constraints["max_params"] > 0
+        assert not r.history and r.weights_artifact is None and r.epochs_trained == 0  # never trained
     for t in kept:
-        assert t.user_attrs["n_params"] <= 1000 and t.constraints["max_params"] <= 0
-    assert study.best_trial.user_attrs["n_params"] <= 1000
+        assert (records[t.number].n_params or 0) <= 1000 and t.constraints["max_params"] <= 0
+    assert records[study.best_trial.number].n_params <= 1000  # type: ignore[operator]
+    # the single-task networks (1599 parameters) are compared in the confirmation, never the answer
+    conf = Confirmation.from_dict(study.user_attrs["confirmation"])
+    assert conf.design("single-task").over_budget.startswith("n_params 1599 > max_params 1000")
+    assert conf.best.key != "single-task" and conf.best.n_params <= 1000
+    assert "exceed(s) a budget (n_params 1599 > max_params 1000): compared, never the answer" in conf.verdict
 
 
 def test_changed_cost_or_budget_is_refused_on_resume(multi: tuple[SearchConfig, optuna.Study]) -> None:
@@ -129,14 +146,14 @@ def test_per_task_objectives(make_config: Callable[..., SearchConfig]) -> None:
     study = run_search(make_config({"search.objective": "per_task", "search.n_trials": 2}), progress=False)
     assert objective_names(study) == ["val a", "val b", "val c", "val d"]
     for t in study.get_trials(states=[TrialState.COMPLETE]):
-        metrics = t.user_attrs["val_metrics"]
+        metrics = TrialRecord.of(t).val_metrics
         assert t.values[0] == pytest.approx(metrics["a"])  # auroc, maximized
 
 
 def test_weighted_objective(make_config: Callable[..., SearchConfig]) -> None:
     study = run_search(make_config({"search.objective": {"weighted": {"a": 3, "c": 1}}, "search.n_trials": 1}), progress=False)
     t = study.trials[0]
-    m = t.user_attrs["val_metrics"]
+    m = TrialRecord.of(t).val_metrics
     assert t.value == pytest.approx((3 * m["a"] + m["c"]) / 4)
 
 
@@ -145,12 +162,12 @@ def test_export_retrains_over_seeds(multi: tuple[SearchConfig, optuna.Study], tm
     member = pareto_front(study)[0]
     metrics = export_trial(study, config.storage, tmp_path / "r", member.number, retrain_seeds=2)
     retrain = metrics["retrain"]
-    assert retrain["seeds"] == 2 and retrain["n_params"] == member.user_attrs["n_params"]
+    assert retrain["seeds"] == 2 and retrain["n_params"] == TrialRecord.of(member).n_params
     for split in ("val", "test"):
         for key in ("a", "b", "c", "d", "(mean_score)", "(delta_m %)"):
             assert set(retrain[split][key]) == {"mean", "std"}
     assert "seeds 0..1" in metrics["selection"]["retrain"]
-    assert "retrained on the train split with 2 seed(s)" in report.format_export(metrics, "r")
+    assert "retrained on the train split, 2 seed(s)" in report.format_export(metrics, "r")
     with pytest.raises(ValueError, match="retrain_seeds"):
         export_trial(study, config.storage, tmp_path / "bad", member.number, retrain_seeds=-1)
 
@@ -167,7 +184,7 @@ def test_cli_plot_and_export_trial(multi: tuple[SearchConfig, optuna.Study], tmp
     member = pareto_front(study)[-1]
     code, out, err = run("export", "--storage", config.storage, "--out", str(tmp_path / "e"), "--trial", str(member.number))
     assert code == 0, err
-    assert f"exported trial {member.number} (on the Pareto front)" in out
+    assert f"exported trial {member.number} (on the Pareto front of the screening)" in out
 
 
 def test_plots_of_a_single_objective_study(searched: tuple[SearchConfig, Any], tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def test_encoding_names_and_ranges_are_the_same_in_every_trial(make_config: Call
         assert {n for n in names if n.startswith("balancer.")} <= {f"balancer.{trial.params['balancer']}.temperature"}
     assert distributions["tree.group.a"] == optuna.distributions.IntDistribution(0, 1)
     assert distributions["tree.group_split.1"] == optuna.distributions.IntDistribution(0, 3)
-    assert distributions["tree.task_split.a"] == optuna.distributions.CategoricalDistribution([1, 3])
+    # 0 (single-task networks) is always added to the task points, 3 (= never) to both
+    assert distributions["tree.task_split.a"] == optuna.distributions.CategoricalDistribution([0, 1, 3])
     assert distributions["balancer"] == optuna.distributions.CategoricalDistribution(["equal", "dwa", "uncertainty"])
     assert distributions["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
 
@@ -65,15 +66,62 @@ def test_encoding_names_and_ranges_are_the_same_in_every_trial(make_config: Call
 def test_one_group_and_no_split_point_is_hard_sharing(make_config: Callable[..., SearchConfig]) -> None:
     config = make_config({"space.max_groups": 1, "space.group_split_points": [3], "space.task_split_points": [3]})
     space = _space(config)
-    _, candidates = _sample(space, 6)
-    for candidate in candidates:
-        assert candidate.tree.is_hard_sharing()
-        assert candidate.tree == BranchTree.hard_sharing(["a", "b", "c", "d"], 3)
+    assert space.task_points == (0, 3) and space.added_points == {"group_split_points": [], "task_split_points": [0]}
+    study = optuna.create_study(direction="maximize")
+    for split in (3, 0):
+        study.enqueue_trial({f"tree.task_split.{t}": split for t in "abcd"})
+    trial = study.ask()
+    assert space.sample(trial).tree == BranchTree.hard_sharing(["a", "b", "c", "d"], 3)
+    study.tell(trial, 0.0)
+    assert space.sample(study.ask()).tree == BranchTree.single_task(["a", "b", "c", "d"], 3)
 
 
-def test_split_at_zero_is_single_task(make_config: Callable[..., SearchConfig]) -> None:
-    _, candidates = _sample(_space(make_config({"space.task_split_points": [0]})), 4)
-    assert all(c.tree == BranchTree.single_task(["a", "b", "c", "d"], 3) for c in candidates)
+def test_every_space_can_express_the_obvious_designs(make_config: Callable[..., SearchConfig]) -> None:
+    config = make_config({"space.group_split_points": [1], "space.task_split_points": [2], "space.balancers": ["dwa", "mgda"]})
+    space = _space(config)
+    assert space.group_points == (1, 3) and space.task_points == (0, 2, 3)
+    obvious = space.obvious_designs()
+    # dwa is the space's only loss weighting, mgda its only aggregator (upgrad is not offered)
+    assert [d.label for d in obvious] == ["hard sharing + dwa", "hard sharing + mgda", "single-task networks + dwa"]
+    study = optuna.create_study(direction="maximize")
+    for d in obvious:
+        study.enqueue_trial(d.params)
+    got = []
+    for _ in obvious:
+        trial = study.ask()
+        got.append(space.sample(trial))
+        study.tell(trial, 0.0)
+    hps, single = BranchTree.hard_sharing(["a", "b", "c", "d"], 3), BranchTree.single_task(["a", "b", "c", "d"], 3)
+    assert [(c.tree, c.balancer) for c in got] == [(hps, "dwa"), (hps, "mgda"), (single, "dwa")]
+    assert all(c.train.lr == pytest.approx(3.16e-3) for c in got)  # the middle of the lr range, rounded
+    assert got[0].balancer_params == {"temperature": 2.0}  # dwa's own default, inside its range
+    assert got[1].balancer_params == {"mode": "full"}
+
+
+def test_family_defaults_are_preferred(make_config: Callable[..., SearchConfig]) -> None:
+    space = _space(make_config({"space.balancers": ["dwa", "equal", "mgda", "upgrad"]}))
+    assert [d.label for d in space.obvious_designs()] == [
+        "hard sharing + equal",
+        "hard sharing + upgrad",
+        "single-task networks + equal",
+    ]
+
+
+def test_sampled_floats_are_rounded_and_keys_identify_designs(make_config: Callable[..., SearchConfig]) -> None:
+    _, candidates = _sample(_space(make_config()), 6)
+    for c in candidates:
+        assert c.train.lr == float(f"{c.train.lr:.3g}")
+        assert c.key() == c.with_seed(c.train.seed + 1).key()  # the seed is not part of the design
+    keys = {c.key() for c in candidates}
+    assert len(keys) == len({(c.tree, c.balancer, c.train.lr, str(c.balancer_params)) for c in candidates})
+
+
+def test_canonical_rounding() -> None:
+    from automtl.space import canonical
+
+    assert canonical(0.0031623) == 0.00316 and canonical(123456.0) == 123000.0
+    assert canonical({"a": [1.23456, 2]}) == {"a": [1.23, 2]} and canonical(3) == 3 and canonical("x") == "x"
+    assert canonical(0.0) == 0.0
 
 
 def test_random_trials_reach_several_trees_and_balancers(make_config: Callable[..., SearchConfig]) -> None:
