@@ -8,7 +8,7 @@
     automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
     automtl affinity CONFIG --out D  -> automtl.affinity.measure_affinity(config).save(D)
-    automtl affinity show D          -> automtl.affinity.format_affinity(automtl.affinity.load_affinity(D))
+    automtl affinity show D          -> automtl.affinity.format_affinity(automtl.affinity.load_affinity(D).reading())
 """
 
 from __future__ import annotations
@@ -97,7 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--out", help="directory for affinity.json, .graphml and .dot (required to measure)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the graph and the matrix (pip install 'automtl[plot]')")
-    p.add_argument("--without-momentum", action="store_true", help="lookahead: each task's own part (momentum removed)")
+    reading = p.add_mutually_exclusive_group()
+    reading.add_argument(
+        "--with-momentum", action="store_true", help="lookahead: the raw matrix, the optimizer's momentum term included"
+    )
+    reading.add_argument(
+        "--without-momentum", action="store_true", help="lookahead: each task's own part (the default; kept for old scripts)"
+    )
     p.add_argument("--groups", type=int, default=0, help="also print the best grouping into at most N groups")
 
     p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
@@ -173,11 +179,13 @@ def _run(args: argparse.Namespace) -> int:
         metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device)
         print(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
     elif args.command == "train":
+        from automtl.data import describe_data
         from automtl.experiment import prepare
         from automtl.fixed import single_task_baseline, train_fixed
 
         config = automtl.load_config(args.config)
         experiment = prepare(config)
+        print(describe_data(experiment.data), flush=True)
         result = train_fixed(
             experiment, args.arch, args.balancer, seeds=args.seeds, device=args.device, epochs=args.epochs, lr=args.lr
         )
@@ -200,7 +208,9 @@ def _affinity(args: argparse.Namespace) -> None:
 
     import automtl
     from automtl import affinity
+    from automtl.data import describe_data
     from automtl.errors import ConfigError
+    from automtl.experiment import prepare
 
     if args.config == "show":
         if not args.dir:
@@ -210,18 +220,21 @@ def _affinity(args: argparse.Namespace) -> None:
         if not args.out:
             raise ConfigError("--out", "measuring affinity needs --out DIR")
         tree = automtl.BranchTree.from_yaml(Path(args.tree).read_text()) if args.tree else None
+        config = automtl.load_config(args.config)
+        experiment = prepare(config)
+        print(describe_data(experiment.data), flush=True)
         result = affinity.measure_affinity(
-            automtl.load_config(args.config),
+            config,
             measure=args.measure,
             every=args.every or affinity.DEFAULT_EVERY,
             warmup_epochs=args.warmup_epochs,
             tree=tree,
             device=args.device,
+            experiment=experiment,
         )
         result.save(args.out)
         print(f"saved to {args.out} (affinity.json, affinity.graphml, affinity.dot)")
-    if args.without_momentum:
-        result = result.without_momentum()
+    result = result.reading(with_momentum=args.with_momentum)  # --without-momentum: the default
     print(affinity.format_affinity(result))
     if args.groups:
         groups, score = affinity.best_grouping(result.matrix, result.tasks, args.groups)

@@ -28,11 +28,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/``None`` -> CUDA when available, else CPU; any other value as given.
 
     Raises:
-        ValueError: If CUDA is asked for but not available.
+        ValueError: If the name is not a device (``gpu``), or CUDA is asked for but not available.
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:  # torch's message for a bad device string
+        raise ValueError(f"device '{device}' is not a device name such as auto, cpu, cuda or cuda:1 ({exc})") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' asked for, but CUDA is not available here")
     return dev

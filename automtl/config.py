@@ -12,7 +12,9 @@ A value that the search may vary is written in one of three forms (:class:`Param
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,11 @@ class ParamSpec:
         return {"low": self.low, "high": self.high, "log": self.log}
 
 
+def _non_finite(value: Any) -> bool:
+    """A float that is NaN or infinite (YAML ``.nan``, ``.inf``)."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def parse_param(value: Any, key: str, *, positive: bool = False, mapping_value: bool = False) -> ParamSpec:
     """Parse the fixed / choice / range forms above.
 
@@ -79,20 +86,22 @@ def parse_param(value: Any, key: str, *, positive: bool = False, mapping_value: 
             per-task weights of the ``fixed`` balancer) rather than a malformed range.
 
     Raises:
-        ConfigError: Malformed form, empty choice, ``low > high``, a non-positive bound on a log
-            scale or where ``positive`` is asked.
+        ConfigError: Malformed form, empty choice, ``low > high``, a NaN or infinite number, a
+            non-positive bound on a log scale or where ``positive`` is asked.
     """
+    if _non_finite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
     if isinstance(value, Mapping) and mapping_value and not {"low", "high"} & set(value):
         return ParamSpec("fixed", value=dict(value))
     if isinstance(value, Mapping):
         unknown = set(value) - {"low", "high", "log"}
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key; a range takes low, high, log")
+            raise ConfigError(f"{key}.{min(unknown)}", "unknown key; a range takes low, high, log")
         for bound in ("low", "high"):
             if bound not in value:
                 raise ConfigError(f"{key}.{bound}", "missing; a range needs low and high")
-            if isinstance(value[bound], bool) or not isinstance(value[bound], (int, float)):
-                raise ConfigError(f"{key}.{bound}", f"must be a number, got {value[bound]!r}")
+            if isinstance(value[bound], bool) or not isinstance(value[bound], (int, float)) or _non_finite(value[bound]):
+                raise ConfigError(f"{key}.{bound}", f"must be a finite number, got {value[bound]!r}")
         low, high, log = value["low"], value["high"], value.get("log", False)
         if not isinstance(log, bool):
             raise ConfigError(f"{key}.log", f"must be true or false, got {log!r}")
@@ -104,7 +113,10 @@ def parse_param(value: Any, key: str, *, positive: bool = False, mapping_value: 
     if isinstance(value, list):
         if not value:
             raise ConfigError(key, "an empty list offers no choice")
-        if positive and any(not isinstance(v, (int, float)) or v <= 0 for v in value):
+        bad = [v for v in value if _non_finite(v)]
+        if bad:
+            raise ConfigError(key, f"every choice must be finite, got {bad[0]!r} in {value}")
+        if positive and any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in value):
             raise ConfigError(key, f"every choice must be a positive number, got {value}")
         return ParamSpec("choice", choices=tuple(value))
     if positive and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -213,6 +225,7 @@ class SearchConfig:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 _TOP_KEYS = {"name", "data", "tasks", "backbone", "space", "train", "search", "device"}
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 5,
@@ -343,8 +356,8 @@ def _parse_objective(value: Any) -> tuple[str, dict[str, float]]:
         if not weights:
             raise ConfigError("search.objective.weighted", "needs at least one task: weight")
         for task, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ConfigError(f"search.objective.weighted.{task}", f"must be a number >= 0, got {w!r}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or _non_finite(w) or w < 0:
+                raise ConfigError(f"search.objective.weighted.{task}", f"must be a finite number >= 0, got {w!r}")
         if not any(w > 0 for w in weights.values()):
             raise ConfigError("search.objective.weighted", "at least one weight must be > 0")
         return "weighted", {str(t): float(w) for t, w in weights.items()}
@@ -375,8 +388,8 @@ def _parse_constraints(value: Any) -> dict[str, float]:
     d = _mapping(value, "search.constraints")
     _reject_unknown(d, set(BUDGET_NAMES), "search.constraints")
     for key, limit in d.items():
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-            raise ConfigError(f"search.constraints.{key}", f"must be a positive number, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or _non_finite(limit) or limit <= 0:
+            raise ConfigError(f"search.constraints.{key}", f"must be a positive finite number, got {limit!r}")
     return {k: float(v) for k, v in d.items()}
 
 
@@ -433,7 +446,9 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         "search",
     )
     timeout = search.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or _non_finite(timeout) or timeout <= 0
+    ):
         raise ConfigError("search.timeout", f"must be a positive number of seconds or null, got {timeout!r}")
     sampler = search.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
@@ -450,11 +465,11 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     cost = _parse_cost(search.get("cost"))
     constraints = _parse_constraints(search.get("constraints"))
     for key in ("storage", "study_name", "artifacts"):
-        if search.get(key) is not None and not isinstance(search[key], str):
-            raise ConfigError(f"search.{key}", f"must be a string, got {search[key]!r}")
+        if search.get(key) is not None and (not isinstance(search[key], str) or not search[key].strip()):
+            raise ConfigError(f"search.{key}", f"must be a non-empty string (or left out), got {search[key]!r}")
     device = top.get("device", "auto")
-    if not isinstance(device, str):
-        raise ConfigError("device", f"must be a string such as auto, cpu or cuda, got {device!r}")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError("device", f"must be auto, cpu, mps, cuda or cuda:N (also xpu, xpu:N), got {device!r}")
     seed = search.get("seed", 0)
     return SearchConfig(
         name=name,
@@ -486,6 +501,16 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     )
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where (1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" + (f" ({context})" if context else "")
+
+
 def load_config(path: str | os.PathLike[str]) -> SearchConfig:
     """Read and validate a YAML search configuration.
 
@@ -497,7 +522,7 @@ def load_config(path: str | os.PathLike[str]) -> SearchConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError("(file)", f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError("(file)", f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if raw is None:
         raise ConfigError("(file)", f"{path} is empty")
     return parse_config(raw, str(path))

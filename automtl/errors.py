@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["AutoMTLError", "BaselineError", "ConfigError", "DataError", "NonFiniteLossError", "RegistryError", "StorageError"]
+__all__ = [
+    "AutoMTLError",
+    "BaselineError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "NonFiniteLossError",
+    "RegistryError",
+    "StorageError",
+]
 
 
 class AutoMTLError(Exception):
@@ -55,3 +64,24 @@ class StorageError(AutoMTLError, ValueError):
 class BaselineError(AutoMTLError):
     """A single-task baseline is no better than a trivial predictor (the message names the task
     and both numbers), so Δm against it would mean nothing."""
+
+
+class DivergenceError(NonFiniteLossError):
+    """Training diverged although every loss is still finite (the rule is in :func:`automtl.train.fit`).
+
+    A subclass of :class:`NonFiniteLossError`, so that whatever catches a NaN loss (a search
+    records the trial as failed and goes on) catches a divergence too.
+
+    Args:
+        task: The task that diverged.
+        epoch: Epoch index (0-based).
+        step: Optimizer steps taken so far (the global step count at the epoch's end).
+        value: The offending value: the epoch's mean training loss, or a non-finite
+            validation output or metric.
+        reason: What diverged, in words (with both losses, for the loss rule).
+    """
+
+    def __init__(self, task: str, epoch: int, step: int, value: float, reason: str) -> None:
+        super().__init__(task, epoch, step, value)
+        self.reason = reason
+        self.args = (f"training diverged: task '{task}', epoch {epoch} (0-based): {reason}",)

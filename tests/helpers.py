@@ -4,7 +4,10 @@
   to train on a CPU;
 * :func:`nan_loss`: MSE that returns NaN for its first ``NAN_LOSS["calls_left"]`` calls;
 * :func:`huge_loss`: a finite loss whose sum over two tasks overflows;
-* :func:`tiny_backbone` / :func:`not_a_backbone`: a user backbone, and a broken factory.
+* :func:`tiny_backbone` / :func:`not_a_backbone`: a user backbone, and a broken factory;
+* functions whose signatures do not fit what YAML names them for: :func:`backbone_without_shape`,
+  :func:`loss_of_one_argument`, :func:`plain_metric` (a function, not a ``Metric``),
+  :data:`METRIC_OF_TWO_ARGUMENTS` (a ``Metric`` whose ``fn`` lacks ``task``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,22 @@ from torch import nn
 
 from automtl.backbones import Backbone
 from automtl.data import MultiTaskData, Split
+from automtl.metrics import Metric
 from automtl.tasks import TaskSpec
 
-__all__ = ["NAN_LOSS", "TINY_TASKS", "huge_loss", "nan_loss", "not_a_backbone", "tiny_backbone", "tiny_data"]
+__all__ = [
+    "METRIC_OF_TWO_ARGUMENTS",
+    "NAN_LOSS",
+    "TINY_TASKS",
+    "backbone_without_shape",
+    "huge_loss",
+    "loss_of_one_argument",
+    "nan_loss",
+    "not_a_backbone",
+    "plain_metric",
+    "tiny_backbone",
+    "tiny_data",
+]
 
 TINY_TASKS: tuple[str, ...] = ("a", "b", "c", "d")
 TINY_FEATURES = 6
@@ -128,3 +144,21 @@ def tiny_backbone(input_shape: Sequence[int], width: int = 4, n_blocks: int = 2)
 def not_a_backbone(input_shape: Sequence[int], **options: Any) -> object:
     """A broken factory: returns something that is not a Backbone."""
     return object()
+
+
+def backbone_without_shape(*, width: int = 4) -> TinyBackbone:
+    """A factory that takes options only, not the input shape."""
+    return TinyBackbone((6,), width)
+
+
+def loss_of_one_argument(output: torch.Tensor) -> torch.Tensor:
+    """A loss that forgot the target."""
+    return output**2
+
+
+def plain_metric(output: torch.Tensor, target: torch.Tensor, task: TaskSpec) -> float:
+    """A metric function not wrapped in a ``Metric`` (no direction, no unit)."""
+    return 0.0
+
+
+METRIC_OF_TWO_ARGUMENTS = Metric(lambda output, target: 0.0, "maximize", "none")  # type: ignore[arg-type,misc]

@@ -90,6 +90,9 @@ MALFORMED = [
     ("backbone.options", {"hidden": []}, "backbone.options"),
     ("backbone.options", {"width": 3}, "backbone.options"),
     ("backbone.options", [16, 8], "backbone.options"),
+    ("backbone", {"name": "tests.helpers:backbone_without_shape"}, "backbone.name"),
+    ("backbone", {"name": "tests.helpers:not_a_backbone"}, "backbone.name"),
+    ("backbone", {"name": "tests.helpers:tiny_backbone", "options": {"depth": 2}}, "backbone.options"),
     # tasks
     ("tasks", {"zzz": {"loss": "mse"}}, "tasks.zzz"),
     ("tasks", {"b": {"loss": "no_such_loss"}}, "tasks.b.loss"),
@@ -97,11 +100,16 @@ MALFORMED = [
     ("tasks", {"b": {"weight": 2}}, "tasks.b.weight"),
     ("tasks", {"b": {"loss": 3}}, "tasks.b.loss"),
     ("tasks", {"b": "mse"}, "tasks.b"),
+    ("tasks", {"b": {"loss": "tests.helpers:loss_of_one_argument"}}, "tasks.b.loss"),
+    ("tasks", {"b": {"loss": "tests.helpers:TINY_TASKS"}}, "tasks.b.loss"),
+    ("tasks", {"b": {"metric": "tests.helpers:plain_metric"}}, "tasks.b.metric"),
+    ("tasks", {"b": {"metric": "tests.helpers:METRIC_OF_TWO_ARGUMENTS"}}, "tasks.b.metric"),
     # space
     ("space.depth", 2, "space.depth"),
     ("space.max_groups", 0, "space.max_groups"),
     ("space.max_groups", 1.5, "space.max_groups"),
     ("space.max_groups", True, "space.max_groups"),
+    ("space.max_groups", 5, "space.max_groups"),  # the tiny data set has 4 tasks
     ("space.group_split_points", [], "space.group_split_points"),
     ("space.group_split_points", [1, -1], "space.group_split_points[1]"),
     ("space.group_split_points", [1, 9], "space.group_split_points"),
@@ -134,6 +142,15 @@ MALFORMED = [
     ("train.batch_size", {"low": 8.0, "high": 64.0}, "train.batch_size"),
     ("train.batch_size", 32.5, "train.batch_size"),
     ("train.batch_size", [16, 32.5], "train.batch_size"),
+    ("train.batch_size", 97, "train.batch_size"),  # 96 training rows
+    ("train.batch_size", [32, 128], "train.batch_size"),
+    ("train.batch_size", {"low": 16, "high": 200}, "train.batch_size"),
+    ("train.lr", float("nan"), "train.lr"),
+    ("train.lr", float("inf"), "train.lr"),
+    ("train.lr", {"low": 1.0e-3, "high": float("inf")}, "train.lr.high"),
+    ("train.lr", [0.01, True], "train.lr"),
+    ("train.lr", [0.01, float("nan")], "train.lr"),
+    ("train.weight_decay", float("nan"), "train.weight_decay"),
     ("train.weight_decay", -1.0e-4, "train.weight_decay"),
     ("train.weight_decay", [0.0, -1.0], "train.weight_decay"),
     ("train.weight_decay", "lots", "train.weight_decay"),
@@ -160,6 +177,13 @@ MALFORMED = [
     ("search.n_trials", 0, "search.n_trials"),
     ("search.timeout", -5, "search.timeout"),
     ("search.timeout", True, "search.timeout"),
+    ("search.timeout", float("nan"), "search.timeout"),
+    ("search.constraints", {"max_params": float("inf")}, "search.constraints.max_params"),
+    ("search.objective", {"weighted": {"a": float("nan")}}, "search.objective.weighted.a"),
+    ("search.storage", "", "search.storage"),
+    ("search.study_name", " ", "search.study_name"),
+    ("device", "gpu", "device"),
+    ("device", "cuda:x", "device"),
     ("search.seed", -1, "search.seed"),
     ("search.storage", 5, "search.storage"),
     ("search.study_name", ["x"], "search.study_name"),
@@ -240,3 +264,88 @@ def test_objective_cost_and_constraints(tmp_path: Path) -> None:
     assert config.objective == "weighted" and config.objective_weights == {"a": 2.0, "b": 0.0}
     assert config.cost == ("latency_ms",)
     assert config.constraints == {"max_params": 5000.0, "max_latency_ms": 2.5}
+
+
+def _two_task_csv(tmp_path: Path) -> dict[str, Any]:
+    """The tiny config on a 2-task, 40-row csv (28 training rows) without max_groups or batch_size."""
+    rows = "".join(f"{i},{i % 3},{i % 2},{0.5 * i}\n" for i in range(40))
+    (tmp_path / "t.csv").write_text("f,g,y,z\n" + rows)
+    raw = tiny_raw(tmp_path)
+    raw["data"] = {"name": "csv", "options": {"path": str(tmp_path / "t.csv"), "targets": {"y": {"type": "binary"}, "z": {"type": "regression"}}}}
+    raw["space"].pop("max_groups")
+    raw["train"].pop("batch_size")
+    return raw
+
+
+def test_max_groups_and_batch_size_errors_give_both_numbers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"5 groups asked for, but data set 'tiny' has only 4 tasks"):
+        validate(set_key(tiny_raw(tmp_path), "space.max_groups", 5))
+    with pytest.raises(ConfigError, match=r"batches of 128 samples, but the training split .* has only 96 rows"):
+        validate(set_key(tiny_raw(tmp_path), "train.batch_size", [32, 128]))
+    assert validate(set_key(tiny_raw(tmp_path), "train.batch_size", 96)).n_blocks == 3  # the whole split is fine
+
+
+def test_defaults_are_judged_only_when_they_matter(tmp_path: Path) -> None:
+    raw = _two_task_csv(tmp_path)
+    # the default max_groups (3) is above 2 tasks: capped by the space, not an error (it was not written)
+    with pytest.raises(ConfigError) as exc:
+        validate(raw)
+    assert exc.value.key == "train.batch_size" and "128 (the default)" in str(exc.value) and "only 28 rows" in str(exc.value)
+    raw["train"]["batch_size"] = 8
+    assert validate(raw).max_groups == 2
+    with pytest.raises(ConfigError, match="space.max_groups"):
+        validate(set_key(raw, "space.max_groups", 3))
+    # loading what was trained before skips the training-only checks
+    assert prepare(parse_config(raw), check_space=False).data.task_names == ["y", "z"]
+
+
+def test_a_loss_declared_by_the_data_set_is_checked_under_its_own_key(tmp_path: Path) -> None:
+    raw = _two_task_csv(tmp_path)
+    raw["train"]["batch_size"] = 8
+    raw["data"]["options"]["targets"]["z"]["loss"] = "tests.helpers:loss_of_one_argument"
+    with pytest.raises(ConfigError) as exc:
+        validate(raw)
+    assert exc.value.key == "data.options.targets.z.loss"
+    raw["tasks"] = {"z": {"loss": "mse"}}  # an override replaces it
+    assert validate(raw).tasks == ["y", "z"]
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "expected"),
+    [
+        (
+            "backbone",
+            {"name": "tests.helpers:backbone_without_shape"},
+            ["backbone function 'tests.helpers:backbone_without_shape(*, width=4)'", "fn(input_shape, **options) -> Backbone"],
+        ),
+        ("backbone", {"name": "tests.helpers:not_a_backbone"}, ["returned object, not a Backbone"]),
+        (
+            "backbone",
+            {"name": "tests.helpers:tiny_backbone", "options": {"depth": 2}},
+            ["unexpected keyword argument 'depth'", "'tests.helpers:tiny_backbone(input_shape, width=4, n_blocks=2)'"],
+        ),
+        (
+            "tasks",
+            {"b": {"loss": "tests.helpers:loss_of_one_argument"}},
+            ["loss function 'tests.helpers:loss_of_one_argument(output)'", "does not fit the call fn(output, target)"],
+        ),
+        ("tasks", {"b": {"metric": "tests.helpers:plain_metric"}}, ["is a function, not an automtl.metrics.Metric"]),
+        (
+            "tasks",
+            {"b": {"metric": "tests.helpers:METRIC_OF_TWO_ARGUMENTS"}},
+            ["its fn(output, target) does not fit", "fn(output, target, task) -> float"],
+        ),
+    ],
+)
+def test_user_function_signature_errors_say_what_is_expected(
+    tmp_path: Path, dotted: str, value: Any, expected: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        validate(set_key(tiny_raw(tmp_path), dotted, value))
+    for part in expected:
+        assert part in str(exc.value), f"{part!r} not in {str(exc.value)!r}"
+
+
+def test_a_user_loss_is_not_called_while_checking(tmp_path: Path, nan_loss_calls: dict[str, int]) -> None:
+    validate(set_key(tiny_raw(tmp_path), "tasks", {"b": {"loss": "tests.helpers:nan_loss"}}))
+    assert nan_loss_calls["calls"] == 0

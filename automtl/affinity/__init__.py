@@ -15,7 +15,8 @@ Python twins of the CLI::
     from automtl.affinity import measure_affinity, load_affinity, format_affinity, plot_affinity
     result = measure_affinity(load_config("search_spaces/quickstart.yaml"))   # automtl affinity CONFIG --out DIR
     result.save("affinity/quickstart")
-    print(format_affinity(load_affinity("affinity/quickstart")))            # automtl affinity show DIR
+    print(format_affinity(load_affinity("affinity/quickstart").reading()))  # automtl affinity show DIR
+    # .reading() is each task's own part; .reading(with_momentum=True):       #   ... --with-momentum
     plot_affinity(result, "quickstart_affinity.png")                         #   ... --plot FILE.png
 """
 
@@ -23,12 +24,27 @@ from __future__ import annotations
 
 from automtl.affinity._base import AffinityMeter, shared_parameters
 from automtl.affinity._cosine import GradientCosine
-from automtl.affinity._grouping import Grouping, best_grouping, grouping_score, select_grouping
+from automtl.affinity._grouping import (
+    Grouping,
+    best_grouping,
+    grouping_score,
+    select_grouping,
+)
 from automtl.affinity._lookahead import LookaheadAffinity
 from automtl.affinity._plot import plot_affinity
 from automtl.affinity._representation import linear_cka, representation_affinity, rsa
-from automtl.affinity._result import AffinityResult, format_affinity, load_affinity, to_dot
-from automtl.affinity._run import DEFAULT_EVERY, MEASURES, measure_affinity, train_config_for
+from automtl.affinity._result import (
+    AffinityResult,
+    format_affinity,
+    load_affinity,
+    to_dot,
+)
+from automtl.affinity._run import (
+    DEFAULT_EVERY,
+    MEASURES,
+    measure_affinity,
+    train_config_for,
+)
 from automtl.affinity._state import TrainingStateGuard
 from automtl.affinity._tree import (
     Dendrogram,

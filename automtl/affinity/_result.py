@@ -133,6 +133,27 @@ class AffinityResult:
             info={**self.info, "momentum_baseline": [float(v) for v in self.baseline]},
         )
 
+    def reading(self, *, with_momentum: bool = False) -> AffinityResult:
+        """The matrix to read: by default each task's own part.
+
+        A lookahead result holds the raw ``Z_{i→j}``, which includes the effect of the
+        optimizer's momentum-only step (:attr:`baseline`), the same for every row: with momentum,
+        that shared part can outweigh what the tasks' own gradients do, so the raw matrix's
+        strongest pairs may say more about the optimizer than about the tasks. The default
+        reading is therefore :meth:`without_momentum`; ``with_momentum=True`` keeps the raw
+        matrix. A result without a baseline (other measures, or already the own part) is
+        returned as it is.
+
+        Args:
+            with_momentum: Keep the raw matrix, momentum term included.
+
+        Returns:
+            The own part (a copy), or this result.
+        """
+        if with_momentum or self.baseline is None:
+            return self
+        return self.without_momentum()
+
     def pairs(self, *, sign: int = 1, top: int = 5) -> list[tuple[str, str, float]]:
         """The strongest off-diagonal entries of one sign, strongest first.
 
@@ -313,8 +334,23 @@ def _cell(v: float) -> str:
     return f"{v:+.2f}" if abs(v) < 10 else f"{v:+.1f}" if abs(v) < 100 else f"{v:+.0f}"
 
 
+def _reading(result: AffinityResult) -> str:
+    """Which matrix a result holds, in words: raw with the momentum term, the own part, or as measured."""
+    if result.baseline is not None:
+        return (
+            "raw, momentum term included (every row contains the momentum-only step's effect, "
+            "the 'momentum only' row; the own part removes it)"
+        )
+    if "momentum_baseline" in result.info:
+        return "own part: each task's own contribution, the momentum-only step's effect removed"
+    return "as measured (no optimizer momentum term in this measure)"
+
+
 def format_affinity(result: AffinityResult, top: int = 5) -> str:
     """The matrix as a terminal table, then the strongest positive and negative pairs.
+
+    The headline says which reading is shown (:meth:`AffinityResult.reading`): the raw lookahead
+    matrix with its momentum term, the own part, or a measure without such a term.
 
     Args:
         result: An affinity result.
@@ -326,6 +362,7 @@ def format_affinity(result: AffinityResult, top: int = 5) -> str:
     unit = f" shown x10^{e} (+2.50 means 0.0025)" if e == 3 else f" shown x10^{e}" if e else ""
     head = [
         f"Task affinity: {result.measure}{' (symmetric)' if result.symmetric else ''}",
+        f"  reading: {_reading(result)}",
         f"  definition: {result.convention}",
     ]
     if result.source:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from automtl.data._base import DATASETS, SPLITS, MultiTaskData, Split, load_dataset, register_dataset
+from automtl.data._base import (
+    DATASETS,
+    SPLITS,
+    MultiTaskData,
+    Split,
+    load_dataset,
+    register_dataset,
+)
 
 # Importing the modules registers their data sets.
-from automtl.data import _csv, _fashion_scenes, _star  # noqa: E402,F401  isort: skip
+from automtl.data import _csv, _fashion_scenes, _star  # noqa: F401  isort: skip
+from automtl.data._summary import describe_data
 
-__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "describe_data", "load_dataset", "register_dataset"]

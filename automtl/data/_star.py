@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from automtl.data._base import MultiTaskData, register_dataset
-from automtl.data._tabular import TabularEncoder, assemble, data_row, random_split, regression_labels, require
+from automtl.data._tabular import (
+    TabularEncoder,
+    assemble,
+    data_row,
+    random_split,
+    regression_labels,
+    require,
+)
 from automtl.errors import DataError
 
 if TYPE_CHECKING:
@@ -114,6 +120,7 @@ def star(
         "target_unit": "SAT scaled score points",
         "birth_encoding": "year + (quarter - 1) / 4",
         "identifier_columns_as_categorical": identifiers,
+        "categorical": identifiers,
         "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in targets},
         "encoding": encoder.describe(),
     }

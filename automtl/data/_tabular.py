@@ -107,6 +107,58 @@ def _category_key(value: Any) -> str:
     return str(value)
 
 
+def _blank(cells: np.ndarray) -> np.ndarray:
+    """Bool ``[N]``: text cells that hold nothing but spaces (missing values, like empty cells)."""
+    return np.array([isinstance(v, str) and not v.strip() for v in cells], dtype=bool)
+
+
+def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column read as numbers: a numeric or boolean dtype as it is, text or objects cell by cell.
+
+    Returns:
+        float64 ``[N]`` (NaN where the cell is empty or not a number) and bool ``[N]``, True
+        where a non-empty cell is not a number.
+    """
+    pd = require("pandas")
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        return values, np.zeros(len(values), dtype=bool)
+    cells = column.to_numpy(dtype=object, na_value=None)
+    empty = column.isna().to_numpy() | _blank(cells)
+    distinct = pd.unique(cells[~empty])
+    # each distinct cell is parsed once: a column of 11,598 rows holds a few dozen values
+    parsed = pd.to_numeric(pd.Series([str(v).strip() for v in distinct], dtype=object), errors="coerce")
+    number = dict(zip(distinct, parsed.to_numpy(dtype=np.float64, na_value=np.nan)))
+    values = np.array([np.nan if e else number[v] for v, e in zip(cells, empty)], dtype=np.float64)
+    return values, ~empty & np.isnan(values)
+
+
+def _numeric_values(column: pd.Series, name: str, source: str) -> np.ndarray | None:
+    """float64 ``[N]`` (NaN where missing) if ``column`` is numeric by the rule of
+    :class:`TabularEncoder`, ``None`` if it is plainly non-numeric.
+
+    Raises:
+        DataError: The column mixes number and text cells (names the first odd cell).
+    """
+    values, text = _as_numbers(column)
+    n_text, n_numbers = int(text.sum()), int((~np.isnan(values)).sum())
+    if n_text == 0:
+        return values
+    if n_numbers == 0:
+        return None
+    odd = text if n_numbers >= n_text else ~np.isnan(values)
+    row = int(np.flatnonzero(odd)[0])
+    what = (
+        f"is not a number, but {n_numbers} of the column's {n_numbers + n_text} non-empty cells are numbers"
+        if n_numbers >= n_text
+        else f"is a number, but {n_text} of the column's {n_numbers + n_text} non-empty cells are text"
+    )
+    raise DataError(
+        f"{source}: column '{name}', {data_row(row)}: value {column.iloc[row]!r} {what}; correct the cell, "
+        "or declare the column categorical to one-hot encode it (csv option categorical: [column, ...])"
+    )
+
+
 @dataclass(frozen=True)
 class ColumnEncoding:
     """How one input column becomes feature columns.
@@ -137,13 +189,27 @@ class ColumnEncoding:
 class TabularEncoder:
     """Table columns to a float32 feature matrix, fitted on the training rows.
 
-    * A column is **categorical** if its dtype is not numeric (strings, objects, categories)
-      or it is named in ``categorical``; it becomes one 0/1 column per category seen in the
-      training rows (sorted). A missing value sets no category bit; a value not seen in
-      training sets none either (and no missing flag).
-    * Any other column (numbers, booleans) is **numeric**: standardized with the training
-      rows' mean and standard deviation (population, ``ddof=0``; 1.0 if constant); a missing
-      value becomes 0 (the training mean).
+    Which columns are categorical (the rule, applied to the whole table, every split):
+
+    * a column named in ``categorical`` (declared) is categorical, whatever its cells hold;
+    * a column of a numeric or boolean dtype is numeric;
+    * any other column (text, objects) is **plainly non-numeric**, hence categorical, when none
+      of its non-empty cells reads as a number; it is numeric when every non-empty cell reads as
+      one (``" 3.5"``, ``"1e3"``: surrounding spaces are ignored; pandas' ``to_numeric``
+      decides); a column with both kinds of cells is an error that names the column, the
+      first odd cell's 1-based data row and its value (declare the column categorical to
+      one-hot encode it). A column with no non-empty cell is numeric (pandas reads an empty
+      CSV column as numbers).
+
+    Empty cells (what pandas reads as missing, and text cells of spaces only) are missing
+    values and count as neither kind.
+
+    * A **categorical** column becomes one 0/1 column per category seen in the training rows
+      (sorted). A missing value sets no category bit; a value not seen in training sets none
+      either (and no missing flag).
+    * A **numeric** column (numbers, booleans, text of numbers) is standardized with the
+      training rows' mean and standard deviation (population, ``ddof=0``; 1.0 if constant); a
+      missing value becomes 0 (the training mean).
     * Every column with a missing value anywhere in the table gets a 0/1 ``"<col>:missing"``
       column, so the train/val/test splits share one layout.
 
@@ -172,28 +238,35 @@ class TabularEncoder:
         Args:
             frame: The whole table (all splits), features only.
             train_rows: Positions of the training rows.
-            categorical: Numeric columns to treat as categorical (identifiers, codes).
+            categorical: Columns to treat as categorical whatever they hold (identifiers,
+                codes, or text columns with some numeric-looking cells).
             source: Name of the data (for error messages).
 
+        Returns:
+            The fitted encoder.
+
         Raises:
-            DataError: A categorical column with more than :data:`MAX_CATEGORIES` values.
+            DataError: A column that mixes number and text cells and is not declared
+                categorical (names the column, the data row and the value), or a categorical
+                column with more than :data:`MAX_CATEGORIES` values.
         """
-        pd = require("pandas")
         encodings = []
         for name in frame.columns:
             column = frame[name]
-            missing = bool(column.isna().any())
-            train = column.iloc[train_rows]
-            train = train[train.notna()]
-            is_numeric = pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
-            if is_numeric and name not in categorical:
-                values = train.to_numpy(dtype=np.float64)
-                mean = float(values.mean()) if values.size else 0.0
-                std = float(values.std()) if values.size else 0.0
+            values = None if name in categorical else _numeric_values(column, str(name), source)
+            if values is not None:
+                missing = bool(np.isnan(values).any())
+                train = values[train_rows]
+                train = train[~np.isnan(train)]
+                mean = float(train.mean()) if train.size else 0.0
+                std = float(train.std()) if train.size else 0.0
                 std = std if std > 0 else 1.0
                 encodings.append(ColumnEncoding(str(name), "numeric", mean=mean, std=std, missing_indicator=missing))
                 continue
-            categories = sorted({_category_key(v) for v in train.to_numpy()})
+            missing = bool(column.isna().any())
+            train_cells = column.iloc[train_rows]
+            train_cells = train_cells[train_cells.notna()]
+            categories = sorted({_category_key(v) for v in train_cells.to_numpy()})
             if len(categories) > MAX_CATEGORIES:
                 raise DataError(
                     f"{source}: column '{name}' has {len(categories)} distinct values in the training rows "
@@ -212,7 +285,8 @@ class TabularEncoder:
             float32 ``[N, F]`` with ``F = len(self.feature_names)``, all finite.
 
         Raises:
-            DataError: A column is absent, or a numeric value is infinite (names column and row).
+            DataError: A column is absent, or a cell of a numeric column is infinite or not a
+                number (names the column, the data row and the value).
         """
         n = len(frame)
         blocks: list[np.ndarray] = []
@@ -220,9 +294,15 @@ class TabularEncoder:
             if enc.column not in frame.columns:
                 raise DataError(f"{source}: feature column '{enc.column}' is absent")
             column = frame[enc.column]
-            isna = column.isna().to_numpy()
             if enc.kind == "numeric":
-                values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+                values, text = _as_numbers(column)
+                if text.any():
+                    row = int(np.flatnonzero(text)[0])
+                    raise DataError(
+                        f"{source}: column '{enc.column}', {data_row(row)}: value {column.iloc[row]!r} is not a "
+                        "number (the column is numeric)"
+                    )
+                isna = np.isnan(values)
                 bad = np.flatnonzero(np.isinf(values))
                 if bad.size:
                     raise DataError(
@@ -231,6 +311,7 @@ class TabularEncoder:
                     )
                 blocks.append(np.where(isna, 0.0, (values - enc.mean) / enc.std)[:, None])
             else:
+                isna = column.isna().to_numpy()
                 index = {c: i for i, c in enumerate(enc.categories)}
                 keys = (None if m else _category_key(v) for v, m in zip(column.to_numpy(), isna))
                 codes = np.array([index.get(k, -1) if k is not None else -1 for k in keys], dtype=np.int64)
@@ -243,8 +324,25 @@ class TabularEncoder:
         return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
 
     def describe(self) -> dict[str, Any]:
-        """Plain-data summary for :attr:`MultiTaskData.info`."""
+        """Plain-data summary for :attr:`MultiTaskData.info`.
+
+        Returns:
+            ``columns`` (per input column, in order: ``column``, ``kind``, ``inputs`` (its
+            feature columns), ``categories`` (0 for numeric), ``missing_indicator``),
+            ``categorical`` (column -> categories), ``numeric`` (column -> mean and std),
+            ``missing_indicators`` and ``feature_names``.
+        """
         return {
+            "columns": [
+                {
+                    "column": e.column,
+                    "kind": e.kind,
+                    "inputs": len(e.feature_names),
+                    "categories": len(e.categories),
+                    "missing_indicator": e.missing_indicator,
+                }
+                for e in self.columns
+            ],
             "categorical": {e.column: list(e.categories) for e in self.columns if e.kind == "categorical"},
             "numeric": {e.column: {"mean": e.mean, "std": e.std} for e in self.columns if e.kind == "numeric"},
             "missing_indicators": [e.column for e in self.columns if e.missing_indicator],
@@ -318,5 +416,5 @@ def assemble(
         )
         for split, rows in splits.items()
     }
-    info = {**info, "sizes": {s: int(len(r)) for s, r in splits.items()}, "num_features": int(x.shape[1])}
+    info = {**info, "sizes": {s: len(r) for s, r in splits.items()}, "num_features": int(x.shape[1])}
     return MultiTaskData(name, tasks, parts["train"], parts["val"], parts["test"], (int(x.shape[1]),), info)

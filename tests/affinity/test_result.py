@@ -8,7 +8,13 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from automtl.affinity import AffinityResult, format_affinity, load_affinity, plot_affinity, to_dot
+from automtl.affinity import (
+    AffinityResult,
+    format_affinity,
+    load_affinity,
+    plot_affinity,
+    to_dot,
+)
 from automtl.tree import BranchTree
 
 
@@ -112,6 +118,30 @@ def test_without_momentum_subtracts_the_baseline() -> None:
         _result(symmetric=True).without_momentum()
 
 
+def test_default_reading_removes_the_momentum_term() -> None:
+    raw = _result()
+    own = raw.reading()
+    np.testing.assert_array_equal(own.matrix, raw.without_momentum().matrix)
+    assert own.baseline is None and own.info["momentum_baseline"][0] == 0.001
+    assert raw.reading(with_momentum=True) is raw
+    assert own.reading() is own  # already the own part
+    cosine = _result(symmetric=True)
+    assert cosine.reading() is cosine  # no momentum term to remove
+
+
+def test_the_headline_says_which_reading_it_shows() -> None:
+    def headline(result: AffinityResult) -> str:
+        return format_affinity(result).splitlines()[1]
+
+    assert headline(_result()).startswith("  reading: raw, momentum term included")
+    own = _result().reading()
+    assert headline(own).startswith("  reading: own part") and format_affinity(own).startswith("Task affinity: lookahead (own part)")
+    assert "momentum only" not in format_affinity(own)
+    assert headline(_result(symmetric=True)).startswith("  reading: as measured")
+    # the strongest pairs follow the reading: a -> c is -0.004 raw, -0.002 once momentum (-0.002) is removed
+    assert "a -> c: -0.004" in format_affinity(_result()) and "a -> c: -0.002" in format_affinity(own)
+
+
 def test_symmetrized_uses_the_known_direction() -> None:
     s = _result().symmetrized()
     assert s[1, 2] == s[2, 1] == 0.0005
@@ -123,3 +153,27 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="plotting needs the plot extra: pip install 'automtl[plot]'")
     path = plot_affinity(_result(), tmp_path / "fig" / "affinity.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "reading"),
+    [([], "own part"), (["--without-momentum"], "own part"), (["--with-momentum"], "raw, momentum term included")],
+)
+def test_cli_shows_the_own_part_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], reading: str
+) -> None:
+    from cli import main
+
+    _result().save(tmp_path)
+    assert main(["affinity", "show", str(tmp_path), "--groups", "2", *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith(f"  reading: {reading}")
+    assert ("momentum only" in out) == ("--with-momentum" in flags)
+
+
+def test_cli_momentum_flags_exclude_each_other(tmp_path: Path) -> None:
+    from cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["affinity", "show", str(tmp_path), "--with-momentum", "--without-momentum"])
+    assert exc.value.code == 2

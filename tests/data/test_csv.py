@@ -166,7 +166,8 @@ def test_target_without_training_label(tmp_path: Path) -> None:
     ("targets", "message"),
     [
         ({"y": {"type": "ordinal"}}, "type must be one of"),
-        ({"kind": {"type": "multiclass"}}, "needs 'classes'"),
+        ({"kind": {"type": "multiclass", "classes": ["a"]}}, "at least 2 classes"),
+        ({"kind": {"type": "multiclass", "classes": "abc"}}, "must be a list"),
         ({"sick": {"type": "binary", "classes": [0, 1, 2]}}, "exactly 2 classes"),
         ({"sick": {"type": "binary", "clases": [0, 1]}}, "unknown option"),
         ({}, "targets is empty"),
@@ -202,3 +203,105 @@ def test_identifier_like_text_column_is_refused() -> None:
     frame = pd.DataFrame({"name": [f"person {i}" for i in range(1001)]})
     with pytest.raises(DataError, match="column 'name' has 1001 distinct values"):
         TabularEncoder.fit(frame, np.arange(1001), source="t")
+
+
+# --- which feature columns are categorical -----------------------------------------------------
+
+NUMERIC3 = "a,b,c,y\n" + "".join(f"{i},{2 * i},{i % 5},{i % 2}\n" for i in range(30))
+
+
+def test_one_text_cell_in_a_numeric_column_is_an_error_not_a_one_hot_block(tmp_path: Path) -> None:
+    # before: the 'abc' cell made column b categorical, and 3 inputs became 31
+    path = write(tmp_path, with_cell(7, "b", "abc", NUMERIC3))
+    with pytest.raises(DataError) as exc:
+        csv(path=path, targets={"y": {"type": "binary"}})
+    assert_names(exc, path, "column 'b'", "data row 7 ", "header excluded", "'abc'", "is not a number", "29 of")
+    assert_names(exc, "categorical")  # says how to one-hot encode it on purpose
+
+
+def test_one_number_in_a_text_column_is_an_error_naming_the_number(tmp_path: Path) -> None:
+    path = write(tmp_path, with_cell(12, "city", "7"))
+    with pytest.raises(DataError) as exc:
+        csv(path=path, targets=TARGETS, split_column="fold")
+    assert_names(exc, "column 'city'", "data row 12 ", "'7'", "is a number", "19 of the column's 20")
+
+
+def test_declared_categorical_columns_are_one_hot_whatever_they_hold(tmp_path: Path) -> None:
+    path = write(tmp_path, with_cell(7, "b", "abc", NUMERIC3))
+    data = csv(path=path, targets={"y": {"type": "binary"}}, categorical=["b", "c"], seed=1)
+    names = data.info["encoding"]["feature_names"]
+    assert names[0] == "a" and "b=abc" in names and "c=0" in names and "c=4" in names
+    assert len(names) == 1 + len({n for n in names if n.startswith("b=")}) + 5
+    assert data.info["categorical"] == ["b", "c"]
+    kinds = {c["column"]: c["kind"] for c in data.info["encoding"]["columns"]}
+    assert kinds == {"a": "numeric", "b": "categorical", "c": "categorical"}
+    without = csv(path=write(tmp_path, NUMERIC3, "clean.csv"), targets={"y": {"type": "binary"}}, seed=1)
+    assert without.info["encoding"]["feature_names"] == ["a", "b", "c"]  # undeclared numbers stay numbers
+
+
+@pytest.mark.parametrize(
+    ("categorical", "message"),
+    [(["zip"], "categorical column 'zip' is absent"), (["y"], "not feature columns"), ("b", "must be a list")],
+)
+def test_bad_categorical_option(tmp_path: Path, categorical: Any, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        csv(path=write(tmp_path, NUMERIC3), targets={"y": {"type": "binary"}}, categorical=categorical)
+
+
+def test_text_cells_that_read_as_numbers_are_numbers() -> None:
+    # pandas reads a column with any odd cell as text; " 3.5" (spaces) and "1e1" still count as numbers
+    frame = pd.DataFrame({"n": pd.Series([" 3.5", "1e1", None, "  ", "-1.5"], dtype=object)})
+    encoder = TabularEncoder.fit(frame, np.array([0, 1, 4]), source="t")
+    assert encoder.columns[0].kind == "numeric" and encoder.feature_names == ["n", "n:missing"]
+    assert encoder.columns[0].mean == pytest.approx(4.0)  # mean of 3.5, 10 and -1.5
+    x = encoder.transform(frame, source="t")
+    np.testing.assert_allclose(x[:, 1], [0, 0, 1, 1, 0])  # empty and blank cells are missing
+    assert x[2, 0] == 0.0 and x[3, 0] == 0.0
+    with pytest.raises(DataError, match=r"column 'n', data row 2 .*'x' is not a number"):
+        encoder.transform(pd.DataFrame({"n": pd.Series(["1", "x"], dtype=object)}), source="t")
+
+
+def test_plainly_text_column_is_categorical() -> None:
+    frame = pd.DataFrame({"c": pd.Series(["red", "blue", None, " green"], dtype=object)})
+    encoder = TabularEncoder.fit(frame, np.arange(4), source="t")
+    assert encoder.columns[0].kind == "categorical" and encoder.columns[0].categories == (" green", "blue", "red")
+
+
+# --- multiclass classes inferred from the training split ----------------------------------------
+
+LABELS = "f,k,fold\n" + "".join(
+    f"{i},{['10', '2', 'b', 'a', '2.0', ' 10'][i % 6]},{'test' if i >= 16 else 'val' if i >= 12 else 'train'}\n"
+    for i in range(20)
+)
+
+
+def test_multiclass_classes_inferred_sorted_numbers_first(tmp_path: Path) -> None:
+    data = csv(path=write(tmp_path, LABELS), targets={"k": {"type": "multiclass"}}, split_column="fold")
+    task = data.task("k")
+    assert task.classes == ("2", "10", "a", "b") and task.num_classes == 4  # 2 < 10 by value; "2.0" is "2"
+    assert data.info["targets"]["k"]["classes"] == ["2", "10", "a", "b"]
+    assert data.info["targets"]["k"]["classes_inferred"] is True
+    assert data.train.y["k"].tolist() == [[1, 0, 3, 2, 0, 1][i % 6] for i in range(12)]
+
+
+def test_explicit_classes_win(tmp_path: Path) -> None:
+    targets = {"k": {"type": "multiclass", "classes": ["b", "a", 10, 2]}}
+    data = csv(path=write(tmp_path, LABELS), targets=targets, split_column="fold")
+    assert data.task("k").classes == ("b", "a", "10", "2")
+    assert data.info["targets"]["k"]["classes_inferred"] is False
+    assert data.train.y["k"].tolist() == [[2, 3, 0, 1, 3, 2][i % 6] for i in range(12)]
+
+
+def test_unseen_validation_label_names_column_row_and_label(tmp_path: Path) -> None:
+    text = with_cell(14, "k", "c", with_cell(18, "k", "zz", LABELS))
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as exc:
+        csv(path=path, targets={"k": {"type": "multiclass"}}, split_column="fold")
+    assert_names(exc, path, "column 'k'", "'c' at data row 14 ", "in the val split", "'zz' at data row 18 ", "in the test split")
+    assert_names(exc, "never in the training split", "classes ['2', '10', 'a', 'b']")
+
+
+def test_inferred_multiclass_needs_two_training_labels(tmp_path: Path) -> None:
+    text = "f,k\n" + "".join(f"{i},a\n" for i in range(20))
+    with pytest.raises(DataError, match=r"target 'k' .*1 distinct label\(s\) \['a'\]"):
+        csv(path=write(tmp_path, text), targets={"k": {"type": "multiclass"}})
