@@ -52,6 +52,7 @@ __all__ = [
     "confirm_job",
     "lr_grid",
     "trivial_metrics",
+    "tuning_job_for",
     "tuning_jobs",
 ]
 
@@ -91,6 +92,16 @@ def tuning_jobs(config: SearchConfig, seed: int) -> list[dict[str, Any]]:
         {"key": f"baseline-tune/{lr!r}", "kind": "baseline", "lr": lr, "seed": seed, "what": f"single-task networks at lr {lr:g}"}
         for lr in lr_grid(config.train["lr"])
     ]
+
+
+def tuning_job_for(candidate: Candidate, config: SearchConfig, tasks: Sequence[str], n_blocks: int) -> str | None:
+    """The key of the tuning job that trained ``candidate``'s design (any seed), or ``None``: a
+    search answers that trial from the baselines instead of training the design again."""
+    key = candidate.key()
+    for lr in lr_grid(config.train["lr"]):
+        if baseline_candidate(config, tasks, n_blocks, 0, lr=lr).key() == key:
+            return f"baseline-tune/{lr!r}"
+    return None
 
 
 def confirm_job(lr_by_task: Mapping[str, float], seed: int, index: int) -> dict[str, Any]:

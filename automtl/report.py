@@ -73,7 +73,9 @@ def _note(t: FrozenTrial) -> str:
     parts = []
     if r.stage == "obvious":
         parts.append(f"obvious: {r.label}")
-    if r.answered_from:
+    if r.answered_from == "baselines":
+        parts.append("the baselines' tuning run of this design and rate: answered with it, not trained again")
+    elif r.answered_from:
         parts.append(f"same design as trial {r.repeat_of}: answered with its runs' mean, not trained")
     elif r.repeat_of is not None:
         parts.append(f"extra seed of trial {r.repeat_of}'s design")

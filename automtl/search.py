@@ -52,6 +52,7 @@ from automtl.baselines import (
     choose,
     confirm_job,
     trivial_metrics,
+    tuning_job_for,
     tuning_jobs,
 )
 from automtl.build import build_model, resolve_device
@@ -64,6 +65,7 @@ from automtl.confirm import (
     pareto_indices,
 )
 from automtl.cost import BUDGETS, count_flops, measure_costs
+from automtl.data import describe_data
 from automtl.errors import ConfigError, NonFiniteLossError
 from automtl.experiment import Experiment, prepare
 from automtl.jobs import JobQueue
@@ -306,6 +308,9 @@ class _Screen:
             raise _Surplus
         candidate = s.space.sample(trial)
         record.candidate, record.key, record.tree = candidate.to_dict(), candidate.key(), candidate.tree.compact()
+        tuning = tuning_job_for(candidate, s.config, s.tasks, s.experiment.backbone.n_blocks)
+        if tuning is not None:
+            return self._from_baselines(trial, record, candidate, tuning)
         others = active_runs(trials, record.key, trial.number)
         if others:
             record.repeat_of = min(t.number for t in others)
@@ -334,6 +339,26 @@ class _Screen:
         record.weights_artifact = upload_weights(run.net, s.store, trial, f"trial{trial.number}")
         record.save(trial)
         values = s.spec.values(run.val_metrics, s.baselines.val if s.baselines else None, costs)
+        return values if s.spec.is_multi else values[0]
+
+    def _from_baselines(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate, job: str) -> float | list[float]:
+        """The single-task design at a rate the baselines tuned: their run, not trained again (not counted)."""
+        s = self.search
+        result = s.jobs.results([job])[job]
+        seed_everything(candidate.train.seed)
+        net = build_model(candidate.tree, s.experiment.backbone, s.experiment.data.tasks, s.device)
+        wanted = set(s.spec.cost) | {BUDGETS[b] for b in s.config.constraints} | {"flops"}
+        costs = measure_costs(net, s.experiment.data.input_shape, wanted)
+        record.answered_from = "baselines"
+        record.n_params, record.flops, record.cost = int(costs["n_params"]), costs["flops"], dict(costs)
+        over = self._budgets(trial, costs)
+        if over:
+            record.over_budget = "over budget: " + "; ".join(over)
+            record.save(trial)
+            raise optuna.TrialPruned(record.over_budget)
+        record.val_metrics, record.weights_artifact = dict(result["val"]), result["weights_artifact"]
+        record.save(trial)
+        values = s.spec.values(record.val_metrics, s.baselines.val if s.baselines else None, costs)
         return values if s.spec.is_multi else values[0]
 
     def _answer(self, trial: optuna.Trial, record: TrialRecord, others: Sequence[FrozenTrial]) -> float | list[float]:
@@ -620,6 +645,9 @@ def run_search(
     experiment = prepare(config)
     spec = ObjectiveSpec.from_config(config, experiment.data.tasks)
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
+    say = echo or (print if progress else (lambda _: None))
+    if worker == 0:
+        say(describe_data(experiment.data))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures and interrupts get one line of ours
     seeds, fixed_grouping = _affinity_seeds(space, seed_from_affinity, restrict_to_affinity)
     store_dir = artifact_dir(config.storage, config.artifacts)
@@ -629,7 +657,6 @@ def run_search(
         study.sampler = _with_grouping(_make_sampler(config, derive_seed(config.seed, "sampler", worker, len(study.trials))), fixed_grouping)
     store_dir = artifact_dir(config.storage, config.artifacts, study)
     store_dir.mkdir(parents=True, exist_ok=True)
-    say = echo or (print if progress else (lambda _: None))
     search = _Search(config, experiment, space, spec, config.device, study, JobQueue(study._storage, config.study_name),
                      FileSystemArtifactStore(str(store_dir)), say, target=target)  # fmt: skip
     if read_attr(study, "task_metrics") is None:
@@ -675,7 +702,7 @@ def _affinity_seeds(
         seed_params,
     )
 
-    affinity = load_affinity(seed_from_affinity)
+    affinity = load_affinity(seed_from_affinity).reading()  # each task's own part, momentum removed
     if list(affinity.tasks) != space.tasks:
         raise ConfigError("seed_from_affinity", f"affinity tasks {list(affinity.tasks)} differ from {space.tasks}")
     params = seed_params(affinity, space)

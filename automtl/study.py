@@ -354,7 +354,9 @@ class TrialRecord:
         pruned_reason: Why training stopped early.
         repeat_of: The first trial of the same design: this trial is a declared extra seed of it.
         answered_from: ``"study"``: a design that already has its runs, answered with their mean
-            without training; such a trial does not count toward the total.
+            without training; ``"baselines"``: the single-task design at a learning rate the
+            baselines tuned, answered with that tuning run (its metrics and weights). Such a
+            trial was not trained here and does not count toward the total.
         surplus: Started after the study's total was reached; not trained, does not count.
     """
 

@@ -52,19 +52,21 @@ def searched_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_search(searched_cli: dict[str, Any]) -> None:
     assert searched_cli["code"] == 0, searched_cli["err"]
     out = searched_cli["out"]
+    assert out.startswith("data 'tiny': 192 rows: train 96, val 48, test 48")  # what was loaded, first
     lines = out.splitlines()
-    assert lines[0].startswith("baselines: single-task networks choose each task's learning rate")
-    assert lines[1].startswith("trial   0 complete delta_m=") and "obvious: hard sharing + equal" in lines[1]
-    assert all(f" {t}=" in lines[1] for t in "abcd")
-    assert lines[2].startswith("trial   1 complete") and "obvious: single-task networks + equal" in lines[2]
-    assert "study 'tiny': 2 complete" in out and "higher is better" in out
+    at = next(i for i, line in enumerate(lines) if line.startswith("baselines: single-task networks choose"))
+    assert lines[at + 1].startswith("trial   0 complete delta_m=") and "obvious: hard sharing + equal" in lines[at + 1]
+    assert all(f" {t}=" in lines[at + 1] for t in "abcd")
+    assert lines[at + 2].startswith("trial   1 complete") and "obvious: single-task networks + equal" in lines[at + 2]
+    assert "answered with it, not trained again" in lines[at + 2]
+    assert "study 'tiny': 3 complete" in out and "2 counted toward the total" in out and "higher is better" in out
     assert "\ncost: screening " in out and " TRE " in out and "wall time of this run" in out
     # the output ends with the verdict
     assert "\nverdict:\n" in out and out.rstrip().splitlines()[-1].startswith("(Δm differences are mean ± std")
     assert Path(searched_cli["storage"][len("sqlite:///") :]).is_file()
     # a second search resumes: nothing left to run
     code, out, _ = run("search", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--no-progress")
-    assert code == 0 and "trial   2" not in out and "2 complete" in out and "confirmation:" not in out.split("study")[0]
+    assert code == 0 and "trial   3" not in out and "3 complete" in out and "confirmation:" not in out.split("study 'tiny'")[0]
 
 
 @pytest.mark.slow

@@ -141,11 +141,14 @@ def test_failed_trial_has_nothing_to_export(
     monkeypatch.setattr(search_module, "train_candidate", nan_in_screening)
     config = make_config({"search.n_trials": 1, "search.objective": "mean_score"})
     study = run_search(config, progress=False)
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL} and "confirmation" not in study.user_attrs
-    with pytest.raises(LookupError, match=r"no complete \(feasible\) trial"):
-        export_trial(study, config.storage, tmp_path / "out")
+    trained = [t for t in study.trials if not TrialRecord.of(t).answered_from]
+    assert {t.state for t in trained} == {optuna.trial.TrialState.FAIL} and "confirmation" not in study.user_attrs
     with pytest.raises(LookupError, match="trial 0 is fail and has no weights"):
         export_trial(study, config.storage, tmp_path / "out", trial_number=0)
+    assert not (tmp_path / "out").exists()
+    # what is left is the single-task design, answered from the baselines' tuning run
+    metrics = export_trial(study, config.storage, tmp_path / "out")
+    assert metrics["design"] == "trial 1" and TrialRecord.of(study.trials[1]).answered_from == "baselines"
 
 
 def test_export_of_a_config_file_without_name(tmp_path: Path, raw_config: dict) -> None:
