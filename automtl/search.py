@@ -647,7 +647,7 @@ def run_search(
     space = SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
     say = echo or (print if progress else (lambda _: None))
     if worker == 0:
-        say(describe_data(experiment.data))
+        say(describe_data(experiment.data, ("train", "val")))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures and interrupts get one line of ours
     seeds, fixed_grouping = _affinity_seeds(space, seed_from_affinity, restrict_to_affinity)
     store_dir = artifact_dir(config.storage, config.artifacts)

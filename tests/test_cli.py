@@ -52,7 +52,7 @@ def searched_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_search(searched_cli: dict[str, Any]) -> None:
     assert searched_cli["code"] == 0, searched_cli["err"]
     out = searched_cli["out"]
-    assert out.startswith("data 'tiny': 192 rows: train 96, val 48, test 48")  # what was loaded, first
+    assert out.startswith("data 'tiny': 144 rows: train 96, val 48 (test: not read until export)")  # what was loaded, first
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("baselines: single-task networks choose"))
     assert lines[at + 1].startswith("trial   0 complete delta_m=") and "obvious: hard sharing + equal" in lines[at + 1]

@@ -15,9 +15,11 @@ __all__ = ["describe_data"]
 _WIDTH = 100
 
 
-def describe_data(data: MultiTaskData) -> str:
+def describe_data(data: MultiTaskData, splits: Sequence[str] = SPLITS) -> str:
     """What was loaded, in a few lines: rows per split, labelled rows per task and split (count
     and share of the split), each task's type and metric, and the inputs.
+
+    A search describes ``("train", "val")`` only: the test split stays unread until ``export``.
 
     Inputs are described from ``data.info["encoding"]`` when the loader records a
     :class:`~automtl.data._tabular.TabularEncoder`'s ``describe()`` there (``csv``, ``star``):
@@ -28,15 +30,18 @@ def describe_data(data: MultiTaskData) -> str:
 
     Args:
         data: A loaded data set.
+        splits: The splits to describe (others are named as not read).
 
     Returns:
         Lines of text (no trailing newline).
     """
-    sizes = {s: len(data.split(s)) for s in SPLITS}
+    sizes = {s: len(data.split(s)) for s in splits}
     source = data.info.get("source")
+    unread = [s for s in SPLITS if s not in splits]
     lines = [
         f"data '{data.name}'{f' ({source})' if source else ''}: {sum(sizes.values())} rows: "
         + ", ".join(f"{s} {n}" for s, n in sizes.items())
+        + (f" ({', '.join(unread)}: not read until export)" if unread else "")
     ]
     lines += _task_table(data, sizes)
     lines += _inputs(data)
@@ -45,7 +50,7 @@ def describe_data(data: MultiTaskData) -> str:
 
 def _task_table(data: MultiTaskData, sizes: Mapping[str, int]) -> list[str]:
     targets = data.info.get("targets")
-    rows = [["task", "type", "metric", *(f"labelled {s}" for s in SPLITS)]]
+    rows = [["task", "type", "metric", *(f"labelled {s}" for s in sizes)]]
     for task in data.tasks:
         kind = task.type
         if task.type in ("multiclass", "multilabel"):
@@ -58,7 +63,7 @@ def _task_table(data: MultiTaskData, sizes: Mapping[str, int]) -> list[str]:
         except RegistryError:
             metric = task.metric
         counts = []
-        for s in SPLITS:
+        for s in sizes:
             n = int(data.split(s).mask[task.name].sum())
             share = f"{100 * n / sizes[s]:.0f}%" if sizes[s] else "-"
             counts.append(f"{n} ({share})")
