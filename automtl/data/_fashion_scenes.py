@@ -9,6 +9,7 @@ import functools
 import gzip
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,11 @@ def read_idx(file: Path, *, ndim: int) -> np.ndarray:
             the message names the file.
     """
     try:
-        raw = gzip.open(file).read() if file.suffix == ".gz" else file.read_bytes()
+        if file.suffix == ".gz":
+            with gzip.open(file) as handle:
+                raw = handle.read()
+        else:
+            raw = file.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"fashion_scenes: cannot read IDX file {file}: {exc}") from exc
     header = 4 + 4 * ndim
@@ -224,6 +229,7 @@ def fashion_scenes(
     empty_prob: float = 0.25,
     missing_label_fraction: float = 0.0,
     seed: int = 0,
+    tasks: Sequence[str] | None = None,
 ) -> MultiTaskData:
     """Multi-label scenes built from Fashion-MNIST.
 
@@ -250,6 +256,8 @@ def fashion_scenes(
             exactly ``round(f * n)`` each, chosen uniformly and independently per task; test
             keeps every label.
         seed: Seed of everything random; same options give bitwise-identical tensors.
+        tasks: Keep only these tasks, in this order (default: all eleven). The scenes and the
+            hidden labels are the same as with all tasks.
 
     Returns:
         :class:`MultiTaskData` named ``"fashion_scenes"``: ``x`` float32 ``[N, 1, 28, 28]``
@@ -262,6 +270,7 @@ def fashion_scenes(
             option is out of range.
     """
     _check_options(n_train, n_val, n_test, empty_prob, missing_label_fraction)
+    kept = _kept_tasks(tasks)
     files = find_fashion_mnist(path)
     official = {
         "train": _load(files["train_images"], files["train_labels"]),
@@ -293,16 +302,16 @@ def fashion_scenes(
     counts = labels["train"]["count"][masks["train"]["count"]]
     mean, std = float(counts.mean()), float(counts.std())
     std = std if std > 0 else 1.0
-    tasks = [TaskSpec(t, "binary") for t in CLASS_TASKS]
-    tasks.append(TaskSpec("count", "regression", target_mean=mean, target_std=std))
+    specs = {t: TaskSpec(t, "binary") for t in CLASS_TASKS}
+    specs["count"] = TaskSpec("count", "regression", target_mean=mean, target_std=std)
 
     def split_tensors(split: str) -> Split:
         y = dict(labels[split])
         y["count"] = (y["count"] - np.float32(mean)) / np.float32(std)
         return Split(
             torch.from_numpy(xs[split]),
-            {t: torch.from_numpy(np.where(masks[split][t], y[t], 0).astype(np.float32)) for t in task_names},
-            {t: torch.from_numpy(masks[split][t]) for t in task_names},
+            {t: torch.from_numpy(np.where(masks[split][t], y[t], 0).astype(np.float32)) for t in kept},
+            {t: torch.from_numpy(masks[split][t]) for t in kept},
         )
 
     info: dict[str, Any] = {
@@ -322,5 +331,20 @@ def fashion_scenes(
         "count_unit": "items per scene (0-4)",
         "item_plan": "scene_plan(n_train, n_val, n_test, empty_prob, seed) in automtl.data._fashion_scenes",
     }
-    return MultiTaskData("fashion_scenes", tasks, *(split_tensors(s) for s in SPLITS), (1, 28, 28), info)
+    info["tasks_kept"] = list(kept)
+    return MultiTaskData("fashion_scenes", [specs[t] for t in kept], *(split_tensors(s) for s in SPLITS), (1, 28, 28), info)
+
+
+def _kept_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
+    names = (*CLASS_TASKS, "count")
+    if tasks is None:
+        return names
+    if isinstance(tasks, str) or not tasks:
+        raise DataError(f"fashion_scenes: option tasks must be a non-empty list of {list(names)}, got {tasks!r}")
+    unknown = [t for t in tasks if t not in names]
+    if unknown:
+        raise DataError(f"fashion_scenes: option tasks names {unknown}, which are not tasks; choose from {list(names)}")
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"fashion_scenes: option tasks {list(tasks)} names a task twice")
+    return tuple(tasks)
 
