@@ -95,7 +95,7 @@ NOTES = """Reading the table:
   tasks' Gramian in NumPy or Python floats (`automtl/balance/_gram_solvers.py`,
   `automtl/balance/_gradvac.py`). They solve the same problems as torchjd, and the tests check
   them against it.
-  - MGDA: a Frank-Wolfe loop.
+  - MGDA: the exact minimum-norm point by Wolfe's active-set method.
   - CAGrad: its dual by an exact active-set method with a Frank-Wolfe-gap certificate (25-45 us a
     call), with SciPy's SLSQP only as a fallback.
   - FairGrad: Newton's method on a strictly convex potential whose gradient is its residual

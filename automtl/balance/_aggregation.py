@@ -42,7 +42,12 @@ Aggregators come from torchjd (``torchjd>=0.18,<0.19``), imported on first use. 
 optional solvers (UPGrad and DualProj: quadprog; CAGrad and FairGrad: SciPy); instantiating
 such a balancer without them raises an :class:`ImportError` that names what to install.
 MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL compute their row weights from the tasks' Gramian
-in NumPy/SciPy instead (:mod:`automtl.balance._gram_solvers`), none of them with cvxpy.
+in NumPy/SciPy instead (:mod:`automtl.balance._gram_solvers`), none of them with cvxpy. Every
+method that weights rows by a function of the Gramian (those, GradVac, and torchjd's UPGrad,
+DualProj, IMTL-G, Aligned-MTL and PCGrad) receives ``G`` formed in float64 (:func:`gramian64`)
+whatever the gradients' dtype, and the aggregate is summed in float64 (:func:`combine64`).
+GradDrop, defined on activations, also receives the shared representation itself (so it has
+no ``"full"`` mode).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from automtl.balance._tree import Segment, features_by_key, segments
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
 
-__all__ = ["MODES", "GradientAggregation", "torchjd_aggregation"]
+__all__ = ["MODES", "GradientAggregation", "combine64", "gramian64", "torchjd_aggregation"]
 
 MODES: tuple[str, ...] = ("full", "representation", "grouped")
 
@@ -174,24 +179,38 @@ class GradientAggregation(Balancer):
             agg = self._aggregators[key] = self.make_aggregator(len(tasks))
         return agg
 
-    def aggregate(self, tasks: tuple[str, ...], matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def aggregate(
+        self, tasks: tuple[str, ...], matrix: torch.Tensor, activations: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Aggregate the rows of ``matrix`` ``[m, n]`` (one per name of ``tasks``: a task, or
         in ``"grouped"`` mode a sub-group's row).
 
+        Every method that weights rows from the Gramian (ours in
+        :mod:`automtl.balance._gram_solvers`, and torchjd's ``GramianWeightedAggregator`` s:
+        UPGrad, DualProj, IMTL-G, Aligned-MTL, PCGrad) receives ``G = J Jᵀ`` formed in float64
+        whatever the dtype of ``J`` (:func:`gramian64`), and the aggregate ``d = wᵀJ`` is
+        accumulated in float64 before it is rounded to ``J``'s dtype (:func:`combine64`): a
+        float32 Gramian carries a relative error of about ``1e-7`` of ``‖g_i‖ ‖g_j‖``, which
+        the solvers that invert it (ConFIG, IMTL-G, MGDA on nearly dependent gradients)
+        amplify into errors of order 1.
+
+        Args:
+            tasks: The rows' names.
+            matrix: ``J`` ``[m, n]``, one gradient per row (any floating dtype).
+            activations: The shared representation ``z`` ``[N, ...]`` (``N·d = n``) whose
+                gradients the rows are, in ``"representation"`` and ``"grouped"`` modes;
+                ``None`` in ``"full"`` mode. Only methods defined on activations (GradDrop)
+                read it.
+
         Returns:
-            The aggregate ``[n]`` and, for aggregators that weight rows, the weights ``[m]``.
+            The aggregate ``[n]`` (``J``'s dtype) and, for aggregators that weight rows, the
+            weights ``[m]`` (float64).
         """
-        weights: torch.Tensor | None = None
-        gram = (matrix @ matrix.T).detach().to("cpu", torch.float64).numpy() if self.solves_on_gramian else None
-        solved = None if gram is None else self.gramian_weights(tasks, gram)
-        if solved is not None:
-            weights = torch.from_numpy(solved).to(matrix.device, matrix.dtype)
-            vector = weights @ matrix
-        elif isinstance(agg := self._aggregator(tasks, matrix.shape[1]), torchjd_aggregation().WeightedAggregator):
-            weights = agg.weighting(matrix)
-            vector = weights.to(matrix.dtype) @ matrix
+        weights = self._row_weights(tasks, matrix)
+        if weights is not None:
+            vector = combine64(weights, matrix)
         else:
-            vector = agg(matrix)
+            vector = self._aggregator(tasks, matrix.shape[1])(matrix)
         if not bool(torch.isfinite(vector).all()):
             warnings.warn(
                 f"{type(self).__name__} gave a non-finite aggregate for tasks {list(tasks)}; "
@@ -199,8 +218,28 @@ class GradientAggregation(Balancer):
                 RuntimeWarning,
                 stacklevel=3,
             )
-            vector, weights = matrix.mean(dim=0), torch.full((len(tasks),), 1.0 / len(tasks))
+            vector = matrix.mean(dim=0)
+            weights = torch.full((len(tasks),), 1.0 / len(tasks), dtype=torch.float64)
         return vector, weights
+
+    def _row_weights(self, tasks: tuple[str, ...], matrix: torch.Tensor) -> torch.Tensor | None:
+        """The row weights ``[m]`` (float64, on ``matrix``'s device) of a method that weights
+        rows, from the float64 Gramian where the method needs only that; ``None`` for the
+        other aggregators."""
+        gram: torch.Tensor | None = None
+        if self.solves_on_gramian:
+            gram = gramian64(matrix)
+            solved = self.gramian_weights(tasks, gram.cpu().numpy())
+            if solved is not None:
+                return torch.from_numpy(solved).to(matrix.device, torch.float64)
+        agg = self._aggregator(tasks, matrix.shape[1])
+        jd = torchjd_aggregation()
+        if isinstance(agg, jd.GramianWeightedAggregator):
+            gram = gramian64(matrix) if gram is None else gram
+            return agg.gramian_weighting(gram).to(torch.float64)
+        if isinstance(agg, jd.WeightedAggregator):
+            return agg.weighting(matrix).to(torch.float64)
+        return None
 
     # ------------------------------------------------------------------ backward
     def backward(self, losses: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
@@ -263,6 +302,70 @@ class GradientAggregation(Balancer):
                 )
             outputs.append(features[seg.out_key])
         return representation_backward(losses, segs, outputs, self.aggregate, grouped=self.mode == "grouped")
+
+
+#: Elements of one float64 column block in :func:`gramian64` and :func:`combine64` (32 MiB),
+#: so that a float32 Jacobian of a large segment is never copied whole into float64.
+_BLOCK = 1 << 22
+
+
+def _column_blocks(matrix: torch.Tensor) -> range:
+    return range(0, matrix.shape[1], max(1, _BLOCK // max(matrix.shape[0], 1)))
+
+
+def gramian64(matrix: torch.Tensor) -> torch.Tensor:
+    """The Gramian ``G = J Jᵀ`` ``[m, m]`` of ``J`` ``[m, n]``, formed in float64.
+
+    A float32 ``J`` is converted one column block at a time, so each product of two float32
+    entries is exact and only the float64 sums round: each entry of ``G`` is then accurate to
+    ``n·1.1e-16`` of ``‖g_i‖ ‖g_j‖`` at worst (typically ``√n`` times that) instead of about
+    ``1e-7``. (Solvers that invert ``G`` on nearly
+    dependent gradients need it: ConFIG, Liu et al., ICLR 2025, eq. 2, applies a
+    pseudo-inverse; MGDA's minimum-norm point, Sener and Koltun, NeurIPS 2018, solves a system
+    in ``G``.)
+
+    Args:
+        matrix: ``J`` ``[m, n]``, any floating dtype (detached here).
+
+    Returns:
+        ``G`` ``[m, m]``, float64, on ``J``'s device.
+    """
+    matrix = matrix.detach()
+    if matrix.dtype == torch.float64:
+        return matrix @ matrix.T
+    m = matrix.shape[0]
+    gram = torch.zeros(m, m, dtype=torch.float64, device=matrix.device)
+    blocks = _column_blocks(matrix)
+    for start in blocks:
+        block = matrix[:, start : start + blocks.step].to(torch.float64)
+        gram.addmm_(block, block.T)
+    return gram
+
+
+def combine64(weights: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """The aggregate ``d = wᵀJ`` ``[n]``, accumulated in float64 and returned in ``J``'s dtype.
+
+    Row weights from an ill-conditioned Gramian can be large and of both signs while ``d`` is
+    small; summing such products in float32 would lose the digits that the float64 Gramian
+    kept.
+
+    Args:
+        weights: ``w`` ``[m]`` (any floating dtype; converted to float64).
+        matrix: ``J`` ``[m, n]``.
+
+    Returns:
+        ``d`` ``[n]``, ``J``'s dtype and device.
+    """
+    matrix = matrix.detach()
+    weights = weights.to(matrix.device, torch.float64)
+    if matrix.dtype == torch.float64:
+        return weights @ matrix
+    out = torch.empty(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+    blocks = _column_blocks(matrix)
+    for start in blocks:
+        stop = start + blocks.step
+        out[start:stop] = weights @ matrix[:, start:stop].to(torch.float64)
+    return out
 
 
 def _flat(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

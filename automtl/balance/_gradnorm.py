@@ -248,7 +248,7 @@ class GradNorm(Balancer):
             params = list(leaves[names[members[0]]].params)
             if not params:
                 raise ValueError(f"GradNorm(mode='full'): block {leaves[names[members[0]]].key} has no parameters")
-            cotangents = torch.stack([rows[i] if rows[i] is not None else torch.zeros_like(z) for i in members])
+            cotangents = torch.stack([_row_or_zeros(rows[i], z) for i in members])
             grads = torch.autograd.grad(z, params, cotangents, is_grads_batched=True, allow_unused=True)
             flat = torch.cat([g.flatten(1) for g in grads if g is not None], dim=1)
             norm_of.update(zip(members, torch.linalg.vector_norm(flat.float(), dim=1)))
@@ -332,3 +332,8 @@ class GradNorm(Balancer):
         target = [mean_g * (float(r) / mean_ratio) ** self.alpha for r in loss_ratios]
         grad = [math.copysign(1.0, gw - tg) * float(g) if gw != tg else 0.0 for gw, tg, g in zip(weighted, target, norms)]
         return target, grad
+
+
+def _row_or_zeros(row: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A captured row, or zeros shaped like ``like`` where the task's loss did not reach it."""
+    return torch.zeros_like(like) if row is None else row

@@ -1,13 +1,18 @@
 """Small solvers on the task Gramian ``G = J Jᵀ`` ``[m, m]``, in float64 NumPy.
 
-The weights of MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL depend on the gradients only through ``G``. torchjd
-computes them with loops of tiny torch operations (MGDA) or by building a new cvxpy problem
-at every call (CAGrad, Nash-MTL); for ``m <= 20`` tasks a few NumPy operations on an ``m x m`` matrix
-cost microseconds instead. Each function solves the same problem as the paper (and torchjd),
-and the tests compare its output with torchjd's on random Gramians (and, for CAGrad and
-FairGrad, with their previous SciPy solvers, SLSQP and least squares, which they replace:
-0.1-1 ms a call against tens of microseconds). Warm starts (``previous``) change where an
-iterative solver starts, never the problem it solves.
+The weights of MGDA, CAGrad, FairGrad, ConFIG and Nash-MTL depend on the gradients only through
+``G``. torchjd computes them with loops of tiny torch operations (MGDA) or by building a new
+cvxpy problem at every call (CAGrad, Nash-MTL); for ``m <= 20`` tasks a few NumPy operations on
+an ``m x m`` matrix cost microseconds instead. Each function solves the same problem as the
+paper, and the tests hold it to an independent reference: MGDA to an exhaustive enumeration of
+the faces of the simplex on ``J``, ConFIG to the paper's pseudo-inverse of ``J``'s unit rows,
+the others to torchjd's answer and, for CAGrad and FairGrad, to their previous SciPy solvers
+(SLSQP and least squares, which they replace: 0.1-1 ms a call against tens of microseconds).
+``benchmarks/solver_accuracy.py`` measures every Gramian solver against such references. Warm
+starts (``previous``) change where an iterative solver starts, never the problem it solves.
+
+``G`` must be formed in float64 (:func:`automtl.balance._aggregation.gramian64` does, whatever
+the gradients' dtype): the solvers that invert it lose about ``κ(G)`` times its relative error.
 """
 
 from __future__ import annotations
@@ -17,36 +22,106 @@ import numpy as np
 __all__ = ["cagrad_weights", "config_weights", "fairgrad_weights", "mgda_weights", "nash_mtl_alpha", "nash_mtl_weights"]
 
 
-def mgda_weights(gram: np.ndarray, epsilon: float = 1e-3, max_iters: int = 100) -> np.ndarray:
-    """MGDA's ``α = argmin_{α ∈ Δ_m} αᵀ G α`` by Frank-Wolfe (Sener and Koltun, NeurIPS 2018,
-    Alg. 2), with torchjd's stopping rule (step ``γ < epsilon``, at most ``max_iters`` steps).
+#: MGDA stops when its Frank-Wolfe gap ``wᵀGw − min_j (Gw)_j`` is at most this, relative to
+#: ``max_i ‖g_i‖²``: about a hundred times the round-off in computing ``Gw``.
+_MGDA_GAP = 1e-13
+
+
+def mgda_weights(gram: np.ndarray, tol: float = _MGDA_GAP) -> np.ndarray:
+    """MGDA's ``α = argmin_{α ∈ Δ_m} αᵀ G α``: the minimum-norm point ``d = αᵀJ`` of the convex
+    hull of the task gradients (Désidéri, C. R. Math. 2012; Sener and Koltun, NeurIPS 2018,
+    eq. 3 and §3.1), solved exactly by Wolfe's active-set method ("Finding the nearest point in
+    a polytope", Math. Programming 1976) on ``G`` ``[m, m]``.
+
+    The support ``S`` (tasks with ``α_t > 0``) starts at the gradient of smallest norm. On ``S``
+    the closest point of the affine hull of ``{g_t : t ∈ S}`` to the origin solves the bordered
+    system ``[[G_SS, 1], [1ᵀ, 0]] [p; μ] = [0; 1]`` (``‖d‖² = −μ``). If ``p > 0`` the iterate
+    moves there, and the task ``j`` with the smallest ``(Gα)_j`` enters ``S`` when
+    ``(Gα)_j < αᵀGα``; otherwise the iterate moves towards ``p`` until a weight reaches zero,
+    and that task leaves. ``‖d‖`` decreases strictly at every entry, so no support repeats,
+    and the support stays affinely independent (an entering ``g_j`` lies off the affine hull
+    of ``S``), which keeps the bordered system non-singular with duplicated tasks and
+    rank-deficient ``J``. It stops when the Frank-Wolfe gap ``αᵀGα − min_j (Gα)_j`` is at most
+    ``tol · max_i G_ii``; since ``‖d − d*‖² ≤ ‖d‖² − ‖d*‖² ≤ 2 · gap`` (``d*`` the exact
+    minimum-norm point), this certifies the answer, and at a face optimum the gap is at
+    round-off. Sener and Koltun's Frank-Wolfe iteration (their Alg. 2, torchjd's
+    ``MGDAWeighting``) converges only sublinearly and stops on a step-size threshold, leaving
+    ``‖d‖`` up to a few percent above ``‖d*‖`` (more where ``G`` is singular).
+
+    A zero gradient makes ``d* = 0`` (the start, ``α = e_t``). ``α`` is unique when the
+    gradients are affinely independent; otherwise ``d*`` still is, and one ``α`` is returned.
+    Cost: one ``(|S|+1)``-square solve per step, about ``|S|`` to ``2|S|`` steps.
 
     Args:
-        gram: ``G`` ``[m, m]``, symmetric positive semi-definite.
+        gram: ``G = J Jᵀ`` ``[m, m]``, symmetric positive semi-definite (float64).
+        tol: The gap at which to stop, relative to ``max_i ‖g_i‖²``.
 
     Returns:
-        ``α`` ``[m]`` on the simplex.
+        ``α`` ``[m]`` on the simplex (``1/m`` each for an all-zero or non-finite ``G``).
     """
     m = gram.shape[0]
-    alpha = np.full(m, 1.0 / m)
-    g_alpha = gram @ alpha
-    for _ in range(max_iters):
-        t = int(np.argmin(g_alpha))
-        a = g_alpha[t]  # αᵀ G e_t
-        b = float(alpha @ g_alpha)  # αᵀ G α
-        c = gram[t, t]  # e_tᵀ G e_t
-        if c <= a:
-            gamma = 1.0
-        elif b <= a:
-            gamma = 0.0
-        else:
-            gamma = (b - a) / (b + c - 2 * a)
-        alpha = (1 - gamma) * alpha
-        alpha[t] += gamma
-        g_alpha = (1 - gamma) * g_alpha + gamma * gram[:, t]
-        if gamma < epsilon:
+    scale = float(np.max(np.diag(gram))) if m else 0.0
+    if not (scale > 0 and np.isfinite(scale)):
+        return np.full(m, 1.0 / m)
+    g = gram / scale
+    support = np.array([int(np.argmin(np.diag(g)))])
+    alpha = np.ones(1)
+    for _ in range(4 * m + 10):
+        g_alpha = g[:, support] @ alpha
+        outside = g_alpha.copy()
+        outside[support] = np.inf
+        j = int(np.argmin(outside))
+        if not outside[j] < float(alpha @ g_alpha[support]) - tol:
             break
-    return alpha
+        support, alpha = _mgda_face(g, np.append(support, j), np.append(alpha, 0.0))
+    return _scatter(m, support, alpha)
+
+
+def _mgda_face(g: np.ndarray, support: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wolfe's minor cycle for :func:`mgda_weights`: from ``alpha`` ``[k]`` (``≥ 0``, summing to
+    1) on ``support``, the minimum-norm point of the affine hull of a sub-support, reached
+    by dropping the tasks whose weight reaches zero on the way. Returns the new support and
+    its (positive) weights."""
+    while True:
+        target = _affine_min_norm(g, support)
+        if target is None:  # a singular bordered system: keep the last point of the hull
+            return _positive(support, alpha)
+        if float(target.min()) > 0:
+            return support, target
+        falling = target <= 0
+        ratios = np.full(support.size, np.inf)
+        drop = alpha[falling] - target[falling]  # > 0, or 0 for an entering task with p_j = 0
+        ratios[falling] = np.divide(alpha[falling], drop, out=np.zeros_like(drop), where=drop > 0)
+        i = int(np.argmin(ratios))
+        alpha = np.maximum(alpha + ratios[i] * (target - alpha), 0.0)
+        alpha[i] = 0.0
+        support, alpha = _positive(support, alpha)
+
+
+def _affine_min_norm(g: np.ndarray, support: np.ndarray) -> np.ndarray | None:
+    """The weights ``p`` (``Σ p = 1``) of the point of the affine hull of the ``support``'s
+    gradients closest to the origin, from ``[[G_SS, 1], [1ᵀ, 0]] [p; μ] = [0; 1]``; ``None``
+    if that system is singular."""
+    k = support.size
+    if k == 1:
+        return np.ones(1)
+    bordered = np.ones((k + 1, k + 1))
+    bordered[:k, :k] = g[support[:, None], support]
+    bordered[k, k] = 0.0
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    try:
+        solved = np.linalg.solve(bordered, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    return solved[:k] if bool(np.isfinite(solved).all()) else None
+
+
+def _positive(support: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of ``support`` with a positive weight, and the weights renormalised to sum to 1."""
+    kept = alpha > 0
+    alpha = alpha[kept]
+    return support[kept], alpha / float(alpha.sum())
 
 
 #: A task whose squared gradient norm is at most this, relative to the scaled ``G`` (unit
@@ -494,30 +569,55 @@ def _fairgrad_newton(g: np.ndarray, p: float, x: np.ndarray | None, max_iters: i
     return best, best_residual <= 1e-10, False
 
 
+#: ConFIG: eigenvalues of the unit-diagonal Gramian ``G_U`` at most this fraction of the largest
+#: count as zero. With duplicated tasks the zero eigenvalues come out of ``eigh`` at up to about
+#: ``35 ε λ_max`` (measured for ``m <= 11``; ``ε = 2.2e-16``), above NumPy's default ``1e-15``.
+_CONFIG_RTOL = 1e-13
+#: ConFIG: below this ``‖P 1‖ / √m`` (``P`` the projection onto the range of ``G_U``), ``U⁺ 1`` is
+#: zero up to round-off and the paper's direction ``ũ / ‖ũ‖`` is undefined.
+_CONFIG_NO_DIRECTION = 1e-12
+
+
 def config_weights(gram: np.ndarray) -> np.ndarray:
     """ConFIG's direction as row weights: ``d = βᵀ J`` (Liu, Chu and Thuerey, ICLR 2025, eq. 2).
 
     With unit rows ``U = D⁻¹ J`` (``D = diag ‖g_i‖``, zero rows left at zero),
     ``ũ = U⁺ 1 = Uᵀ (U Uᵀ)⁺ 1 = Jᵀ D⁻¹ v`` with ``v = G_U⁺ 1`` and ``G_U = D⁻¹ G D⁻¹``; then
-    ``d = (1ᵀ J ũ / ‖ũ‖²) ũ``, so ``β = D⁻¹ v · (1ᵀ G D⁻¹ v) / (vᵀ D⁻¹ G D⁻¹ v)``. torchjd
-    computes the pseudo-inverse of the ``[m, n]`` matrix ``U`` itself (an SVD of the whole
-    representation); this needs only ``G``.
+    ``d = (1ᵀ J ũ / ‖ũ‖²) ũ``, so ``β = D⁻¹ v · (1ᵀ J ũ) / ‖ũ‖²``. From the eigenpairs
+    ``(λ_k, e_k)`` of ``G_U`` kept (``λ_k > 1e-13 λ_max``) and ``c_k = e_kᵀ 1``:
+    ``v = Σ_k (c_k / λ_k) e_k``, ``‖ũ‖² = 1ᵀ G_U⁺ 1 = Σ_k c_k² / λ_k`` and
+    ``1ᵀ J ũ = Σ_i ‖g_i‖ (G_U v)_i = Σ_i ‖g_i‖ (Σ_k c_k e_k)_i``, each a sum of terms of one
+    sign or a projection, without the cancellation of ``βᵀ G β``. torchjd computes the
+    pseudo-inverse of the ``[m, n]`` matrix ``U`` itself (an SVD of the whole representation);
+    this needs only ``G``. ``G`` must be accurate: the relative error of ``v`` is about
+    ``κ(G_U) ε_G`` with ``ε_G`` the relative error of ``G``'s entries, so
+    :class:`automtl.balance.ConFIG` forms ``G`` in float64 (``ε_G ≈ 1e-16``), which holds the
+    update to ``1e-6`` for ``κ(J) = √κ(G_U)`` up to about ``1e4``.
 
     Args:
-        gram: ``G`` ``[m, m]``.
+        gram: ``G`` ``[m, m]`` (float64).
 
     Returns:
-        ``β`` ``[m]`` (zeros if every gradient is zero).
+        ``β`` ``[m]``; zeros if every gradient is zero, or if ``U⁺ 1 = 0`` (e.g. two opposite
+        gradients: no direction has equal positive cosines with both, and the paper's
+        ``ũ / ‖ũ‖`` is undefined; torchjd's normalisation returns zero there too).
     """
+    m = gram.shape[0]
     norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    gram_u = gram * inv[:, None] * inv[None, :]
-    v = np.linalg.pinv(gram_u, hermitian=True) @ np.ones(gram.shape[0])
-    beta = inv * v
-    norm_sq = float(beta @ gram @ beta)
-    if not norm_sq > 0:
-        return np.zeros(gram.shape[0])
-    return beta * float(np.ones(gram.shape[0]) @ gram @ beta) / norm_sq
+    lam, vecs = np.linalg.eigh(gram * inv[:, None] * inv[None, :])
+    top = float(lam[-1]) if m else 0.0
+    if not (top > 0 and np.isfinite(top)):
+        return np.zeros(m)
+    keep = lam > _CONFIG_RTOL * top
+    basis, lam = vecs[:, keep], lam[keep]
+    coeff = basis.sum(axis=0)  # c_k = e_kᵀ 1
+    if not float(np.linalg.norm(coeff)) > _CONFIG_NO_DIRECTION * np.sqrt(m):
+        return np.zeros(m)
+    scaled = coeff / lam
+    norm_sq = float(coeff @ scaled)  # ‖ũ‖²
+    length = float(norms @ (basis @ coeff))  # 1ᵀ J ũ
+    return inv * (basis @ scaled) * (length / norm_sq)
 
 
 def nash_mtl_alpha(

@@ -51,8 +51,10 @@ from automtl.balance._tree import Segment
 
 __all__ = ["AggregateFn", "group_label", "parent_segments", "representation_backward"]
 
-#: ``(tasks, J [m, n]) -> (aggregate [n], weights [m] or None)``.
-AggregateFn = Callable[[tuple[str, ...], torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
+#: ``(tasks, J [m, n], z [N, ...]) -> (aggregate [n], weights [m] or None)``: the rows' names,
+#: their gradients of the shared representation ``z`` (flattened, ``n = N·d``) and ``z`` itself
+#: (detached; GradDrop's mask reads its signs).
+AggregateFn = Callable[[tuple[str, ...], torch.Tensor, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 def parent_segments(shared: Sequence[Segment]) -> list[int | None]:
@@ -91,8 +93,9 @@ def representation_backward(
             included (they receive their task's plain gradient).
         outputs: For each segment of ``segs`` with two or more tasks, in order, its output
             ``z_S`` ``[N, ...]`` (still in the graph).
-        aggregate: Combines the rows of one segment. It receives the rows' names: task names,
-            and in ``grouped`` mode :func:`group_label` for a sub-group's row.
+        aggregate: Combines the rows of one segment. It receives the rows' names (task names,
+            and in ``grouped`` mode :func:`group_label` for a sub-group's row), the rows
+            ``[m, N·d]`` and the segment's output ``z_S`` ``[N, ...]`` (detached).
         grouped: Each shared segment ``S'`` below another ``S`` enters ``S``'s aggregation as
             one row, the gradient its own aggregate sends into ``z_S``
             (``(∂z_{S'}/∂z_S)ᵀ a_{S'}``), instead of one row per task (see module docstring).
@@ -176,7 +179,7 @@ def representation_backward(
                     if name not in mine:
                         mine[name] = capture.rows.get(name, torch.zeros_like(z))
             matrix = torch.stack([mine[name].reshape(-1) for name in labels[i]])
-            vector, weights = aggregate(labels[i], matrix)
+            vector, weights = aggregate(labels[i], matrix, z.detach())
             if grouped:
                 reported.append((seg.tasks, _effective(i, weights)))
             else:

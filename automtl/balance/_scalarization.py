@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from automtl.balance._base import HParam, LossWeighting, register_balancer
+from automtl.balance._task_scalars import TaskScalars
 
 __all__ = ["GLS", "IMTLL", "RLW", "ScaleInvariant"]
 
@@ -104,20 +104,29 @@ class IMTLL(LossWeighting):
     With a learned ``s_t`` per task (initialised to 0, trained by the network's optimizer),
     ``L = Σ_t (e^{s_t} L_t − s_t)`` (Liu et al., "Towards impartial multi-task learning",
     ICLR 2021, §3.1, IMTL-L). For fixed ``L_t`` the minimum is at ``e^{s_t} = 1 / L_t``, where
-    every scaled loss ``e^{s_t} L_t`` equals 1. The reported weights are ``e^{s_t}``.
+    every scaled loss ``e^{s_t} L_t`` equals 1. The reported weights are ``e^{s_t}``. Each
+    ``s_t`` is its own parameter (:class:`automtl.balance._task_scalars.TaskScalars`,
+    state-dict keys ``log_scales.<i>``): a task unlabelled in a step gets no gradient
+    (``None``), so the optimizer leaves its ``s_t`` alone.
     """
 
     paper = "Liu et al. Towards impartial multi-task learning. ICLR 2021, §3.1 (IMTL-L)"
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)
-        self.log_scales = nn.Parameter(torch.zeros(len(self.tasks)))
-        self._index = {t: i for i, t in enumerate(self.tasks)}
+        self.log_scales = TaskScalars(self.tasks)
+        self.log_scales.accept_stacked(self, "log_scales")
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        s = self.log_scales if list(losses) == self.tasks else self.log_scales[
-            torch.tensor([self._index[t] for t in losses], device=self.log_scales.device)
-        ]
+        """IMTL-L's loss (Liu et al., ICLR 2021, §3.1) over the tasks of ``losses``.
+
+        Args:
+            losses: Scalar loss of every labelled task.
+
+        Returns:
+            ``Σ_t (e^{s_t} L_t − s_t)`` and each task's weight ``e^{s_t}``.
+        """
+        s = self.log_scales.select(losses)
         stacked = torch.stack(list(losses.values()))
         scales = torch.exp(s)
         total = (scales.to(stacked.dtype) * stacked).sum() - s.sum()

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from automtl.balance._base import HParam, LossWeighting, register_balancer
+from automtl.balance._task_scalars import TaskScalars
 
 __all__ = ["DWA", "EqualWeighting", "FixedWeighting", "UncertaintyWeighting"]
 
@@ -66,22 +66,30 @@ class UncertaintyWeighting(LossWeighting):
 
     With a learned ``s_t = log σ_t²`` per task,
     ``L = Σ_t ½·exp(−s_t)·L_t + ½·s_t``. For fixed ``L_t`` the minimum is at ``σ_t² = L_t``.
-    The ``s_t`` are parameters of this module (initialised to 0) and are trained by the same
-    optimizer as the network.
+    The ``s_t`` are parameters of this module (initialised to 0), one per task
+    (:class:`automtl.balance._task_scalars.TaskScalars`, state-dict keys ``log_vars.<i>``),
+    trained by the same optimizer as the network: a task unlabelled in a step takes no part
+    in ``L``, so its ``s_t`` gets no gradient (``None``) and the optimizer leaves it alone.
     """
 
     paper = "Kendall, Gal, Cipolla. Multi-task learning using uncertainty to weigh losses. CVPR 2018, eq. 7"
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)
-        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
-        self._index = {t: i for i, t in enumerate(self.tasks)}
+        self.log_vars = TaskScalars(self.tasks)
+        self.log_vars.accept_stacked(self, "log_vars")
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Kendall et al.'s eq. 7 over the tasks of ``losses``.
+
+        Args:
+            losses: Scalar loss of every labelled task.
+
+        Returns:
+            ``Σ_t ½ e^{−s_t} L_t + ½ s_t`` and each task's weight ``½ e^{−s_t}``.
+        """
         stacked = torch.stack(list(losses.values()))
-        s = self.log_vars if list(losses) == self.tasks else self.log_vars[
-            torch.tensor([self._index[t] for t in losses], device=self.log_vars.device)
-        ]
+        s = self.log_vars.select(losses)
         half_precision = 0.5 * torch.exp(-s)
         total = (half_precision.to(stacked.dtype) * stacked).sum() + 0.5 * s.sum()
         return total, dict(zip(losses, half_precision.detach().tolist()))

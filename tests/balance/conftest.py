@@ -6,9 +6,11 @@ default they run on the CPU, and on CUDA too where it is available.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,6 +93,39 @@ def group_of(net: BranchedNet) -> Mapping[str, str]:
     """Parameter name -> the key of its group (``"b1:a+b"``, ``"head:c"``)."""
     by_id = {id(p): g.key for g in net.param_groups() for p in g.params}
     return {name: by_id[id(p)] for name, p in net.named_parameters()}
+
+
+def min_norm_point(j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact minimum-norm point ``d*`` of the convex hull of the rows of ``j`` ``[m, n]``
+    (float64), and barycentric weights that give it, independently of any solver under test.
+
+    ``d*`` lies in the relative interior of some face, where it is the point of that face's
+    affine hull closest to 0. So, for every support ``S`` (``2^m − 1`` of them) whose rows are
+    affinely independent, the affine minimiser ``g_0 + D y`` (``D = [g_i − g_0]_{i ∈ S}``, ``y``
+    by least squares on ``J`` itself, by SVD, never through the Gramian) is a candidate when its
+    weights ``(1 − Σy, y)`` are non-negative. Of the candidates, the one that best satisfies
+    the optimality condition ``g_iᵀd ≥ ‖d‖²`` for every ``i`` is kept (smallest
+    ``‖d‖² − min_i g_iᵀd``, which bounds ``‖d − d*‖²``): comparing the norms instead cannot
+    tell apart points whose squared norms differ by less than round-off."""
+    m = j.shape[0]
+    candidates: list[tuple[np.ndarray, np.ndarray]] = [(j[i], np.eye(m)[i]) for i in range(m)]
+    for k in range(2, m + 1):
+        for support in itertools.combinations(range(m), k):
+            g0 = j[support[0]]
+            diffs = (j[list(support[1:])] - g0).T
+            if np.linalg.matrix_rank(diffs) < k - 1:
+                continue  # affinely dependent: a smaller support reaches the same points
+            y = np.linalg.lstsq(diffs, -g0, rcond=None)[0]
+            if min(1.0 - y.sum(), y.min()) < -1e-12:
+                continue
+            weights = np.zeros(m)
+            weights[list(support)] = np.concatenate([[1.0 - y.sum()], y])
+            candidates.append((g0 + diffs @ y, weights))
+
+    def violation(point: np.ndarray) -> tuple[float, float]:
+        return max(float(point @ point - (j @ point).min()), 0.0), float(point @ point)
+
+    return min(candidates, key=lambda c: violation(c[0]))
 
 
 @pytest.fixture(params=devices())

@@ -42,7 +42,7 @@ def test_uncertainty_optimum_sigma2_equals_the_task_loss() -> None:
         opt.zero_grad()
         bal.combine(losses)[0].backward()
         opt.step()
-    torch.testing.assert_close(torch.exp(bal.log_vars.detach()), torch.tensor([0.3, 4.0]), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.exp(bal.log_vars.detached()), torch.tensor([0.3, 4.0]), rtol=1e-3, atol=1e-4)
     weights = bal.combine(losses)[1]
     assert weights["a"] == pytest.approx(0.5 / 0.3, rel=1e-3)
 
@@ -52,11 +52,74 @@ def test_imtl_l_optimum_makes_every_scaled_loss_one() -> None:
     bal = IMTLL(["a", "b"])
     losses = {"a": torch.tensor(0.25), "b": torch.tensor(8.0)}
     with torch.no_grad():
-        bal.log_scales.copy_(-torch.log(torch.tensor([0.25, 8.0])))
+        for p, v in zip(bal.log_scales, -torch.log(torch.tensor([0.25, 8.0]))):
+            p.copy_(v)
     total, weights = bal.combine(losses)
-    (grad,) = torch.autograd.grad(total, bal.log_scales)
+    grad = torch.stack(torch.autograd.grad(total, list(bal.log_scales)))
     torch.testing.assert_close(grad, torch.zeros(2), atol=1e-6, rtol=0)
     assert weights == pytest.approx({"a": 4.0, "b": 0.125})
+
+
+def _scalars(bal: UncertaintyWeighting | IMTLL) -> list[torch.Tensor]:
+    return list(bal.log_vars if isinstance(bal, UncertaintyWeighting) else bal.log_scales)
+
+
+@pytest.mark.parametrize("cls", [UncertaintyWeighting, IMTLL])
+@pytest.mark.parametrize("labelled_first", [False, True], ids=["never-labelled", "labelled-once"])
+def test_unlabelled_task_scalar_does_not_drift_under_adam(cls, labelled_first: bool) -> None:
+    """20 optimizer steps in which task ``c`` is unlabelled (absent from ``losses``), as the
+    trainer runs them (``zero_grad(set_to_none=True)``, ``backward``, ``step``), with AdamW
+    (decoupled weight decay) or Adam: ``c``'s scalar gets no gradient (``None``) and stays
+    bit-identical, while those of ``a`` and ``b`` move. With one ``[k]`` tensor, ``c``'s entry
+    would get zero gradients, and AdamW's weight decay would move it; ``labelled-once``: ``c``
+    is labelled in one step first, so Adam also holds momentum for it, which would keep moving
+    it."""
+    for make_opt in (
+        lambda params: torch.optim.AdamW(params, lr=0.05, weight_decay=0.1),
+        lambda params: torch.optim.Adam(params, lr=0.05),
+    ):
+        bal = cls(["a", "b", "c"])
+        with torch.no_grad():  # away from 0, where weight decay moves a parameter
+            for p, v in zip(_scalars(bal), (0.2, -0.1, 0.3)):
+                p.fill_(v)
+        opt = make_opt(bal.parameters())
+        if labelled_first:
+            opt.zero_grad(set_to_none=True)
+            bal.combine(_losses({"a": 0.5, "b": 3.0, "c": 2.0}))[0].backward()
+            opt.step()
+        before = [p.detach().clone() for p in _scalars(bal)]
+        for i in range(20):
+            opt.zero_grad(set_to_none=True)
+            total, weights = bal.combine(_losses({"a": 0.5 + 0.01 * i, "b": 3.0}))
+            total.backward()
+            assert set(weights) == {"a", "b"}
+            assert _scalars(bal)[2].grad is None
+            opt.step()
+        after = _scalars(bal)
+        assert torch.equal(after[2].detach(), before[2]), "the unlabelled task's scalar moved"
+        assert not torch.equal(after[0].detach(), before[0]) and not torch.equal(after[1].detach(), before[1])
+
+
+@pytest.mark.parametrize("cls", [UncertaintyWeighting, IMTLL])
+def test_task_scalars_state_dict_round_trips_and_reads_the_stacked_layout(cls) -> None:
+    """One state-dict entry per task; it loads into a fresh balancer, and so does the previous
+    layout (one ``[k]`` tensor), with each task's value in its place."""
+    name = "log_vars" if cls is UncertaintyWeighting else "log_scales"
+    bal = cls(["a", "b", "c"])
+    with torch.no_grad():
+        for p, v in zip(_scalars(bal), (0.1, -0.2, 0.3)):
+            p.fill_(v)
+    state = bal.state_dict()
+    assert sorted(state) == [f"{name}.0", f"{name}.1", f"{name}.2"]
+    fresh = cls(["a", "b", "c"])
+    fresh.load_state_dict(state)
+    assert [float(p.detach()) for p in _scalars(fresh)] == pytest.approx([0.1, -0.2, 0.3])
+    legacy = cls(["a", "b", "c"])
+    legacy.load_state_dict({name: torch.tensor([0.4, 0.5, -0.6])})
+    assert [float(p.detach()) for p in _scalars(legacy)] == pytest.approx([0.4, 0.5, -0.6])
+    weights = legacy.combine(_losses({"b": 1.0}))[1]
+    want = 0.5 * math.exp(-0.5) if cls is UncertaintyWeighting else math.exp(0.5)
+    assert weights == pytest.approx({"b": want})
 
 
 # ----------------------------------------------------------------------------- DWA
