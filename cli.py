@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage (the answer is then a screening value)")
     p.add_argument("--artifacts", metavar="DIR", help="folder of the weights (default: beside a SQLite/journal file)")
-    p.add_argument("--threads", type=int, help="torch threads of this worker (default: train.threads, else all cores)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: train.threads, else cores / workers)")
+    p.add_argument("--workers", type=int, help="run N local worker processes on the study (one progress bar)")
+    p.add_argument("--devices", help="with --workers: one device per worker, cycled, e.g. cuda:0,cuda:1")
+    p.add_argument(
+        "--worker-index", type=int, default=0, help="this worker's index when joining a study from another machine (its sampler seed)"
+    )
 
     p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
     _add_study_args(p, config_optional=True)
@@ -126,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     import automtl
     from automtl import report
     from automtl.errors import ConfigError
+    from automtl.search import sigterm_as_interrupt
     from automtl.study import artifact_dir
 
     if args.command == "search":
@@ -135,22 +141,30 @@ def _run(args: argparse.Namespace) -> int:
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError("--n-trials", f"must be an integer >= 1, got {args.n_trials}")
         started = time.monotonic()
-        study = automtl.run_search(
-            config,
-            n_trials=args.n_trials,
-            timeout=args.timeout,
-            storage=args.storage,
-            study_name=args.study_name,
-            device=args.device,
-            seed=args.seed,
-            progress=not args.no_progress,
-            echo=print if args.no_progress else None,
-            seed_from_affinity=args.seed_from_affinity,
-            restrict_to_affinity=args.restrict_to_affinity,
-            confirm=False if args.no_confirm else None,
-            artifacts=args.artifacts,
-            threads=args.threads,
-        )
+        options = {
+            "n_trials": args.n_trials,
+            "timeout": args.timeout,
+            "storage": args.storage,
+            "study_name": args.study_name,
+            "device": args.device,
+            "seed": args.seed,
+            "progress": not args.no_progress,
+            "echo": print if args.no_progress else None,
+            "seed_from_affinity": args.seed_from_affinity,
+            "restrict_to_affinity": args.restrict_to_affinity,
+            "confirm": False if args.no_confirm else None,
+            "artifacts": args.artifacts,
+            "threads": args.threads,
+        }
+        if args.workers is not None or args.devices:
+            from automtl.workers import run_workers
+
+            devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+            workers = args.workers if args.workers is not None else len(devices or [1])
+            with sigterm_as_interrupt():
+                study = run_workers(config, workers, devices=devices, **options)
+        else:
+            study = automtl.run_search(config, worker=args.worker_index, **options)
         print(report.format_summary(study, time.monotonic() - started))
     elif args.command == "show":
         storage, name = _locate(args)

@@ -213,7 +213,8 @@ def pareto_indices(points: Sequence[Sequence[float]], maximize: Sequence[bool]) 
 
 
 def _fmt(value: float, unit: str) -> str:
-    return f"{value:+.2f} {unit}" if unit == "Δm" else f"{value:+.4f} {unit}"
+    digits = 2 if unit == "Δm" else 4
+    return f"{round(value, digits) + 0.0:+.{digits}f} {unit}"
 
 
 def _pm(c: Comparison, unit: str) -> str:

@@ -20,7 +20,10 @@ the reason recorded, and :meth:`wait` raises :class:`JobFailed` for it.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl.errors import AutoMTLError
-from automtl.study import JOBS_SUFFIX
+from automtl.study import JOBS_SUFFIX, MAX_RETRY
 
 __all__ = ["JobFailed", "JobQueue"]
 
@@ -93,18 +96,38 @@ class JobQueue:
         return list(seen.values())
 
     # --------------------------------------------------------------------------------- writing
+    def claim(self, name: str) -> bool:
+        """Whether this caller is the first to claim ``name``: one claimant wins, whatever the
+        number of workers asking at the same moment.
+
+        Each claimant adds a finished marker trial (the storage numbers trials atomically); the
+        claimant whose marker has the smallest number wins. A later claimant always sees the
+        earlier marker, since its own number was given after it.
+        """
+        token = uuid.uuid4().hex
+        marker = {"claim": name, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        self.study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, user_attrs=marker))
+        claims = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("claim") == name]
+        return bool(min(claims, key=lambda t: t.number).user_attrs["token"] == token)
+
     def submit(self, jobs: Sequence[Mapping[str, Any]]) -> None:
         """Enqueue each job unless one with its ``key`` is waiting, running, done, or failed with
-        a recorded reason (a job killed with its worker is retried by the heartbeat instead)."""
+        a recorded reason (a job killed with its worker is retried by the heartbeat instead).
+        Each key is claimed first (:meth:`claim`), so workers submitting together enqueue it once."""
         present = {
             key
             for key, trials in self._by_key().items()
             if any(t.state != TrialState.FAIL or "error" in t.user_attrs for t in trials)
         }
         for job in jobs:
-            if job["key"] not in present:
+            if job["key"] not in present and self.claim(f"submit/{job['key']}/{self._attempt(job['key'])}"):
                 self.study.enqueue_trial({}, user_attrs={"job": dict(job)})
                 present.add(job["key"])
+
+    def _attempt(self, key: str) -> int:
+        """How many times job ``key`` ended without a result (interrupted, or its worker killed twice):
+        each new submission of it is a new claim."""
+        return sum(1 for t in self._by_key().get(key, []) if t.state == TrialState.FAIL and "error" not in t.user_attrs)
 
     def work(self, handler: Handler) -> int:
         """Run waiting jobs until none is left; returns how many this worker ran.
@@ -126,22 +149,26 @@ class JobQueue:
             trial.set_user_attr("result", dict(result))
             return 0.0
 
-        while self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        while any("job" in t.user_attrs for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
             self.study.optimize(run, n_trials=1, catch=(_NoJob, AutoMTLError))
             ran += 1
         return ran
 
-    def wait(self, keys: Sequence[str], handler: Handler) -> dict[str, dict[str, Any]]:
-        """Run waiting jobs and wait for the others until every job of ``keys`` is done.
+    def wait(self, jobs: Sequence[Mapping[str, Any]], handler: Handler) -> dict[str, dict[str, Any]]:
+        """Submit ``jobs`` (:meth:`submit`), run waiting jobs, and wait for the others until every
+        one of ``jobs`` is done. A job that ended without a result (its worker interrupted) is
+        submitted again.
 
         Returns:
-            ``{key: result}`` for ``keys``.
+            ``{key: result}`` for ``jobs``.
 
         Raises:
-            JobFailed: A job of ``keys`` failed with a recorded reason.
+            JobFailed: A job failed with a recorded reason, or its workers were killed
+                :data:`automtl.study.MAX_RETRY` + 1 times.
         """
-        wanted = list(keys)
+        wanted = [j["key"] for j in jobs]
         while True:
+            self.submit(jobs)
             self.work(handler)
             by_key = self._by_key()
             for key in wanted:
@@ -149,15 +176,13 @@ class JobQueue:
                 failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
                 if failed:
                     raise JobFailed(f"{failed[0].user_attrs['job'].get('what', key)}: {failed[0].user_attrs['error']}")
-                if trials and all(t.state == TrialState.FAIL for t in trials):
+                ended = [t for t in trials if t.state == TrialState.FAIL and "error" not in t.user_attrs]
+                if len(ended) > MAX_RETRY + 1 and not any(t.state != TrialState.FAIL for t in trials):
                     what = trials[0].user_attrs["job"].get("what", key)
-                    raise JobFailed(f"{what}: its workers stopped {len(trials)} time(s) before it finished")
+                    raise JobFailed(f"{what}: its workers were stopped {len(ended)} times before it finished; run again")
             done = self.results(wanted)
             if len(done) == len(wanted):
                 return done
-            missing = [k for k in wanted if k not in by_key]
-            if missing:
-                raise JobFailed(f"job {missing[0]} was never submitted")
             time.sleep(POLL_SECONDS)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

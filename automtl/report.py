@@ -55,6 +55,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _signed(v: float, digits: int) -> str:
+    """``v`` with a sign and ``digits`` decimals; a value that rounds to zero prints ``+0.00``, never ``-0.00``."""
+    return f"{round(v, digits) + 0.0:+.{digits}f}"
+
+
 def format_number(v: float) -> str:
     """A count (parameters, FLOPs) in full; any other value with 4 significant digits."""
     return str(int(v)) if float(v).is_integer() and abs(v) >= 100 else f"{v:.4g}"
@@ -151,8 +156,8 @@ def format_confirmation(study: optuna.Study) -> str:
             diffs = [a - b for a, b in zip(d.values, single.values)]
             agree = sum(x > 0 for x in diffs)
             mean, spread = mean_std(diffs)
-            paired = f"{mean:+.3f} ± {spread:.3f} ({agree}/{len(diffs)})"
-        screen = "-" if d.screen_mean is None else f"{d.screen_mean:+.3f} ({d.screen_runs})"
+            paired = f"{_signed(mean, 3)} ± {spread:.3f} ({agree}/{len(diffs)})"
+        screen = "-" if d.screen_mean is None else f"{_signed(d.screen_mean, 3)} ({d.screen_runs})"
         rows.append(
             [
                 ("* " if d.key == conf.answer else "") + d.label,
@@ -160,8 +165,8 @@ def format_confirmation(study: optuna.Study) -> str:
                 d.balancer,
                 d.n_params,
                 screen,
-                f"{d.mean:+.3f} ± {d.std:.3f}",
-                " ".join(f"{v:+.2f}" for v in d.values),
+                f"{_signed(d.mean, 3)} ± {d.std:.3f}",
+                " ".join(_signed(v, 2) for v in d.values),
                 paired,
             ]
         )

@@ -97,7 +97,7 @@ from automtl.study import (
 from automtl.train import EpochResult, seed_everything
 from automtl.tree import BranchTree
 
-__all__ = ["MAX_SCREEN_RUNS", "run_search", "screening_trials"]
+__all__ = ["MAX_SCREEN_RUNS", "run_search", "screening_trials", "sigterm_as_interrupt"]
 
 #: A design is trained at most this often in screening (once, and once as a declared extra seed).
 MAX_SCREEN_RUNS = 2
@@ -174,7 +174,25 @@ def _make_pruner(config: SearchConfig, spec: ObjectiveSpec) -> optuna.pruners.Ba
     return RankAgreementPruner(epochs)
 
 
-def _open_study(config: SearchConfig, spec: ObjectiveSpec, sampler: optuna.samplers.BaseSampler, artifacts: str) -> optuna.Study:
+def _wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_SECONDS / 2)
+    return True
+
+
+#: Seconds a worker waits for the one that sets a new study up, before doing it itself.
+SETUP_WAIT = 60.0
+
+
+def _open_study(
+    config: SearchConfig, spec: ObjectiveSpec, sampler: optuna.samplers.BaseSampler, artifacts: str
+) -> tuple[optuna.Study, JobQueue]:
+    """Create or join the study and its job queue; the first worker records the configuration
+    (workers starting together agree on one through :meth:`JobQueue.claim`)."""
     storage = open_storage(config.storage, create=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -186,25 +204,29 @@ def _open_study(config: SearchConfig, spec: ObjectiveSpec, sampler: optuna.sampl
             pruner=_make_pruner(config, spec),
             load_if_exists=True,
         )
-    stored = read_attr(study, "config")
-    if stored is None:
-        write_attr(study, "config", {"name": config.name, **config.raw})
+    jobs = JobQueue(study._storage, config.study_name)
+
+    def record() -> None:
         write_attr(study, "source", config.source)
         write_attr(study, "objective", spec.describe())
         write_attr(study, "objective_names", spec.names)
         write_attr(study, "artifacts", artifacts)
-    else:
-        old = parse_config(stored, read_attr(study, "source"))
-        changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
-        if changed:
-            raise ConfigError(
-                changed[0],
-                f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
-                "resume it with the original config, or pass --study-name to start a new study",
-            )
-        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
-            raise ConfigError("search.objective", f"study '{config.study_name}' has other objectives")
-    return study
+        write_attr(study, "config", {"name": config.name, **config.raw})  # last: its presence means "set up"
+
+    new = read_attr(study, "config") is None
+    if new and (jobs.claim("setup") or not _wait_until(lambda: read_attr(study, "config") is not None, SETUP_WAIT)):
+        record()
+    old = parse_config(read_attr(study, "config"), read_attr(study, "source"))
+    changed = [key for key, attrs in _SPACE_KEYS.items() if any(getattr(old, a) != getattr(config, a) for a in attrs)]
+    if changed:
+        raise ConfigError(
+            changed[0],
+            f"study '{config.study_name}' in {config.storage} was created with a different '{changed[0]}'; "
+            "resume it with the original config, or pass --study-name to start a new study",
+        )
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
+        raise ConfigError("search.objective", f"study '{config.study_name}' has other objectives")
+    return study, jobs
 
 
 # -------------------------------------------------------------------------------------- the jobs
@@ -246,8 +268,7 @@ def _ensure_baselines(search: _Search) -> BaselineChoice:
             + ", ".join(f"{j['lr']:g}" for j in jobs)
             + f" on validation ({len(jobs)} run(s) of {len(data.tasks)} networks)"
         )
-        search.jobs.submit(jobs)
-        results = search.jobs.wait([j["key"] for j in jobs], _job_handler(search))
+        results = search.jobs.wait(jobs, _job_handler(search))
         choice = choose(data.tasks, [j["lr"] for j in jobs], seed, {j["lr"]: results[j["key"]]["val"] for j in jobs})
         choice.trivial = trivial_metrics(data, "val")
         write_attr(search.study, "baselines", choice.to_dict())
@@ -257,14 +278,20 @@ def _ensure_baselines(search: _Search) -> BaselineChoice:
 
 # --------------------------------------------------------------------------------- screening
 def _enqueue_first(search: _Search, seeds: Sequence[dict[str, Any]]) -> None:
-    """The obvious designs, then the affinity-derived trees, once per study."""
-    if read_attr(search.study, "obvious_enqueued"):
+    """The obvious designs, then the affinity-derived trees, once per study (by one worker)."""
+    study = search.study
+
+    def enqueue() -> None:
+        for design in search.space.obvious_designs():
+            study.enqueue_trial(design.params, user_attrs=TrialRecord.enqueued("obvious", design.label), skip_if_exists=True)
+        for params in seeds:
+            study.enqueue_trial(params, user_attrs=TrialRecord.enqueued("obvious", "from affinity"), skip_if_exists=True)
+        write_attr(study, "obvious_enqueued", True)
+
+    if read_attr(study, "obvious_enqueued"):
         return
-    for design in search.space.obvious_designs():
-        search.study.enqueue_trial(design.params, user_attrs=TrialRecord.enqueued("obvious", design.label), skip_if_exists=True)
-    for params in seeds:
-        search.study.enqueue_trial(params, user_attrs=TrialRecord.enqueued("obvious", "from affinity"), skip_if_exists=True)
-    write_attr(search.study, "obvious_enqueued", True)
+    if search.jobs.claim("obvious") or not _wait_until(lambda: bool(read_attr(study, "obvious_enqueued")), SETUP_WAIT):
+        enqueue()
 
 
 def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -511,8 +538,7 @@ def _confirm(search: _Search) -> Confirmation | None:
             f"confirmation: {len(chosen)} design(s) and the single-task networks, each trained with {len(seeds)} fresh "
             f"seed(s), paired ({len(jobs)} runs, {len(todo)} to train)"
         )
-    s.jobs.submit(jobs)
-    results = s.jobs.wait([j["key"] for j in jobs], _job_handler(s))
+    results = s.jobs.wait(jobs, _job_handler(s))
     baseline_runs = [results[f"baseline-confirm/{i}"] for i in range(len(seeds))]
     data = s.experiment.data
     single_tree = BranchTree.single_task(data.task_names, s.experiment.backbone.n_blocks)
@@ -546,7 +572,7 @@ def _confirm(search: _Search) -> Confirmation | None:
 
 # ------------------------------------------------------------------------------------- signals
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (what batch schedulers and containers send) raises KeyboardInterrupt, as Ctrl-C does."""
     if os.name != "posix" or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
         yield
@@ -652,13 +678,13 @@ def run_search(
     seeds, fixed_grouping = _affinity_seeds(space, seed_from_affinity, restrict_to_affinity)
     store_dir = artifact_dir(config.storage, config.artifacts)
     sampler = _with_grouping(_make_sampler(config, sampler_seed(config.seed, worker)), fixed_grouping)
-    study = _open_study(config, spec, sampler, str(store_dir))
+    study, jobs = _open_study(config, spec, sampler, str(store_dir))
     if len(study.trials):  # a resumed study must not replay the candidates its seeded sampler drew before
         study.sampler = _with_grouping(_make_sampler(config, derive_seed(config.seed, "sampler", worker, len(study.trials))), fixed_grouping)
     store_dir = artifact_dir(config.storage, config.artifacts, study)
     store_dir.mkdir(parents=True, exist_ok=True)
-    search = _Search(config, experiment, space, spec, config.device, study, JobQueue(study._storage, config.study_name),
-                     FileSystemArtifactStore(str(store_dir)), say, target=target)  # fmt: skip
+    search = _Search(config, experiment, space, spec, config.device, study, jobs, FileSystemArtifactStore(str(store_dir)), say,
+                     target=target)  # fmt: skip
     if read_attr(study, "task_metrics") is None:
         write_attr(study, "task_metrics", {t.name: t.metric for t in experiment.data.tasks})
     if read_attr(study, "hps_flops") is None:
@@ -668,7 +694,7 @@ def run_search(
     if target < n_first:
         say(f"n_trials {target} is less than the {n_first} designs every search measures first; running {n_first}")
         search.target = n_first
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         search.baselines = _ensure_baselines(search)
         _enqueue_first(search, seeds)
         stopped = _screen(search, timeout if timeout is not None else config.timeout, progress, echo)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import random
 import time
 import warnings
@@ -79,10 +80,11 @@ __all__ = [
     "write_attr",
 ]
 
-#: Seconds between two heartbeats of a running trial.
-HEARTBEAT_INTERVAL = 5
-#: Seconds without a heartbeat after which a running trial is taken for dead, failed and retried.
-GRACE_PERIOD = 20
+#: Seconds between two heartbeats of a running trial (environment: ``AUTOMTL_HEARTBEAT_INTERVAL``).
+HEARTBEAT_INTERVAL = int(os.environ.get("AUTOMTL_HEARTBEAT_INTERVAL", "5"))
+#: Seconds without a heartbeat after which a running trial is taken for dead, failed and retried
+#: (environment: ``AUTOMTL_GRACE_PERIOD``).
+GRACE_PERIOD = int(os.environ.get("AUTOMTL_GRACE_PERIOD", "20"))
 #: How often a trial whose worker died is retried.
 MAX_RETRY = 1
 #: The suffix of the study that holds a search's baseline and confirmation runs (:mod:`automtl.jobs`).
