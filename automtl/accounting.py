@@ -8,7 +8,9 @@ pass. A candidate rejected over budget, or answered from the study, trained noth
 Balancers that add work per step (gradient aggregation) are not weighted up: TRE counts network
 compute; the seconds show the rest.
 
-Three stages are counted apart: **screening** (the obvious designs and the sampled trials),
+Three stages are counted apart: **screening** (the obvious designs and the sampled trials; with the
+``supernet`` strategy, the supernet's training and every proxy evaluation, counted by the same
+rule: forward passes at a third of a training step's cost),
 **baselines** (the single-task networks that choose the learning rates, and their
 confirmation-seed runs) and **confirmation** (the retrained designs).
 """
@@ -81,9 +83,14 @@ def cost_by_stage(study: optuna.Study) -> list[StageCost]:
         record = TrialRecord.of(t)
         if record.epochs_trained and record.flops:
             screening.add(run_tre(record.epochs_trained, config_epochs, record.flops, hps_flops), record.train_seconds or 0.0)
+        elif record.proxy_tre:
+            screening.tre += record.proxy_tre
     jobs = [t for t in JobQueue(study._storage, study.study_name).study.get_trials(deepcopy=False) if "result" in t.user_attrs]
     for t in jobs:
         result = t.user_attrs["result"]
+        if t.user_attrs["job"]["key"].startswith("supernet"):
+            screening.add(float(result["tre"]), float(result["seconds"]))
+            continue
         if "flops" not in result:
             continue
         stage = baselines if t.user_attrs["job"]["key"].startswith("baseline") else confirmation

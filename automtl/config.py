@@ -173,6 +173,10 @@ class SearchConfig:
             journal file, required for a server storage (:func:`automtl.study.artifact_dir`).
         threads: Torch intra-op threads of each worker (``train.threads``); ``None``: the
             cores divided by the workers.
+        strategy: ``full`` (each screening trial trains its own network) or ``supernet``
+            (screening trials are scored with the weights of one weight-sharing supernet,
+            :mod:`automtl.supernet`; the confirmation stage trains the best ones for real).
+        supernet_budget: Training-run equivalents the supernet trains for (``search.supernet.budget``).
         objective: The quality objective (maximized), from ``search.objective``:
             ``delta_m`` (the default: Δm in percent against cached single-task baselines,
             :func:`automtl.metrics.delta_m`; the baselines are trained once, before the first
@@ -214,6 +218,8 @@ class SearchConfig:
     confirm_seeds: int = 3
     artifacts: str | None = None
     threads: int | None = None
+    strategy: str = "full"
+    supernet_budget: float = 2.0
     objective: str = "delta_m"
     objective_weights: dict[str, float] = field(default_factory=dict)
     cost: tuple[str, ...] = ()
@@ -442,6 +448,8 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
             "study_name",
             "confirm",
             "artifacts",
+            "strategy",
+            "supernet",
         },
         "search",
     )
@@ -457,6 +465,14 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
     if pruner not in ("auto", "median", "none"):
         raise ConfigError("search.pruner", f"must be 'auto', 'median' or 'none', got {pruner!r}")
     top_k, confirm_seeds = _parse_confirm(search.get("confirm"))
+    strategy = search.get("strategy", "full")
+    if strategy not in ("full", "supernet"):
+        raise ConfigError("search.strategy", f"must be 'full' or 'supernet', got {strategy!r}")
+    supernet = _mapping(search.get("supernet"), "search.supernet")
+    _reject_unknown(supernet, {"budget"}, "search.supernet")
+    budget = supernet.get("budget", 2.0)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < float("inf")):
+        raise ConfigError("search.supernet.budget", f"must be a positive number of training-run equivalents, got {budget!r}")
     train_raw = _mapping(top.get("train"), "train")
     threads = train_raw.get("threads")
     if threads is not None:
@@ -489,6 +505,8 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         confirm_seeds=confirm_seeds,
         artifacts=search.get("artifacts"),
         threads=threads,
+        strategy=strategy,
+        supernet_budget=float(budget),
         objective=objective,
         objective_weights=weights,
         cost=cost,

@@ -78,6 +78,8 @@ def _note(t: FrozenTrial) -> str:
     parts = []
     if r.stage == "obvious":
         parts.append(f"obvious: {r.label}")
+    if r.proxy:
+        parts.append("proxy: scored with the supernet's weights, not trained")
     if r.answered_from == "baselines":
         parts.append("the baselines' tuning run of this design and rate: answered with it, not trained again")
     elif r.answered_from:
@@ -170,12 +172,13 @@ def format_confirmation(study: optuna.Study) -> str:
                 paired,
             ]
         )
+    proxy = (read_attr(study, "config") or {}).get("search", {}).get("strategy") == "supernet"
     headers = [
         "design",
         "tree",
         "balancer",
         "params",
-        f"screening {conf.unit} (runs)",
+        f"proxy {conf.unit} (supernet)" if proxy else f"screening {conf.unit} (runs)",
         f"confirmed {conf.unit} mean ± std",
         "per seed",
         "minus single-task, paired (seeds better)",

@@ -30,8 +30,10 @@ next run (once); so is a trial whose worker was killed (the storage's heartbeat)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +43,7 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
@@ -72,14 +74,14 @@ from automtl.jobs import JobQueue
 from automtl.metrics import aggregate_score, delta_m
 from automtl.objectives import ObjectiveSpec, weighted_score
 from automtl.pruning import RankAgreementPruner
-from automtl.runs import train_candidate, upload_weights
+from automtl.runs import download_weights, train_candidate, upload_weights
 from automtl.seeds import (
     baseline_tuning_seed,
     confirmation_seeds,
     derive_seed,
     sampler_seed,
 )
-from automtl.space import Candidate, SearchSpace
+from automtl.space import Candidate, SearchSpace, default_value
 from automtl.study import (
     MAX_RETRY,
     DesignRuns,
@@ -94,7 +96,8 @@ from automtl.study import (
     read_attr,
     write_attr,
 )
-from automtl.train import EpochResult, seed_everything
+from automtl.supernet import ProxyEvaluator, Supernet, SupernetProgress, train_supernet
+from automtl.train import EpochResult, TrainConfig, seed_everything
 from automtl.tree import BranchTree
 
 __all__ = ["MAX_SCREEN_RUNS", "run_search", "screening_trials", "sigterm_as_interrupt"]
@@ -116,6 +119,7 @@ _SPACE_KEYS: dict[str, tuple[str, ...]] = {
     "search.objective": ("objective", "objective_weights"),
     "search.cost": ("cost",),
     "search.constraints": ("constraints",),
+    "search.strategy": ("strategy", "supernet_budget"),
 }
 
 _QUALITY_UNIT = {"delta_m": "Δm", "mean_score": "mean score", "per_task": "mean score", "weighted": "weighted score"}
@@ -139,6 +143,8 @@ class _Search:
     store: FileSystemArtifactStore
     say: Callable[[str], None]
     baselines: BaselineChoice | None = None
+    proxy: _Proxy | None = None
+    store_dir: str = ""
     target: int = 0
     last: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
 
@@ -235,6 +241,8 @@ def _job_handler(search: _Search) -> Callable[[Mapping[str, Any]], Mapping[str, 
 
     def handle(job: Mapping[str, Any]) -> Mapping[str, Any]:
         config, data = search.config, search.experiment.data
+        if job.get("kind") == "supernet":
+            return _train_supernet_job(search)
         if "candidate" in job:
             candidate = Candidate.from_dict(job["candidate"]).with_seed(int(job["seed"]))
         elif "lr_by_task" in job:
@@ -252,6 +260,73 @@ def _job_handler(search: _Search) -> Callable[[Mapping[str, Any]], Mapping[str, 
         return {**run.summary(), "weights_artifact": artifact}
 
     return handle
+
+
+SUPERNET_JOB = {"key": "supernet/train", "kind": "supernet", "what": "the supernet's training"}
+
+
+def _supernet_train_settings(search: _Search) -> TrainConfig:
+    values = {k: default_value(v) for k, v in search.config.train.items()}
+    return TrainConfig(seed=derive_seed(search.config.seed, "supernet"), **values)
+
+
+def _train_supernet_job(search: _Search) -> Mapping[str, Any]:
+    """Train the study's supernet (resuming from its last checkpoint), store its weights."""
+    s = search
+    train = _supernet_train_settings(s)
+    seed_everything(train.seed)
+    supernet = Supernet(s.experiment.backbone, s.experiment.data.tasks).to(resolve_device(s.device))
+    progress, optimizer_state = None, None
+    saved = read_attr(s.study, "supernet_checkpoint")
+    if saved is not None:
+        state = _load_checkpoint(s, saved["artifact"])
+        supernet.load_state_dict(state["model"])
+        optimizer_state = state["optimizer"]
+        progress = SupernetProgress(int(saved["steps"]), float(saved["tre"]), float(saved["seconds"]))
+
+    def checkpoint(done: SupernetProgress, optimizer: torch.optim.Optimizer) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "supernet.pt")
+            torch.save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict()}, path)
+            artifact = upload_artifact(artifact_store=s.store, file_path=path, study_or_trial=s.jobs.study)
+        write_attr(s.study, "supernet_checkpoint", {"artifact": artifact, **dataclasses.asdict(done)})
+
+    done, _ = train_supernet(
+        supernet, s.experiment.data, s.space.random_tree, train, budget_tre=s.config.supernet_budget,
+        hps_flops=float(read_attr(s.study, "hps_flops")), seed=train.seed, progress=progress,
+        optimizer_state=optimizer_state, checkpoint=checkpoint,
+    )  # fmt: skip
+    artifact = upload_weights(supernet, s.store, s.jobs.study, "supernet")
+    return {"weights_artifact": artifact, **dataclasses.asdict(done)}
+
+
+def _load_checkpoint(search: _Search, artifact: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_weights(search.store_dir, artifact, os.path.join(tmp, "supernet.pt"))
+        return dict(torch.load(path, map_location="cpu", weights_only=True))  # tensors and plain data only
+
+
+class _Proxy:
+    """This worker's supernet and its proxy evaluator (weights read once from the artifact store)."""
+
+    def __init__(self, search: _Search, result: Mapping[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        data = search.experiment.data
+        self.supernet = Supernet(search.experiment.backbone, data.tasks)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_weights(search.store_dir, result["weights_artifact"], os.path.join(tmp, "w.safetensors"))
+            self.supernet.load_state_dict(load_file(str(path)))
+        self.supernet.to(resolve_device(search.device)).eval()
+        epochs = int(search.config.train["epochs"].value)
+        self.evaluator = ProxyEvaluator(self.supernet, data, hps_flops=float(read_attr(search.study, "hps_flops")), epochs=epochs)
+
+
+def _ensure_supernet(search: _Search) -> _Proxy:
+    """Train (or join, or read) the study's supernet."""
+    search.say(f"supernet: weight sharing over every tree of the space, trained for {search.config.supernet_budget:g} TRE")
+    result = search.jobs.wait([SUPERNET_JOB], _job_handler(search))[SUPERNET_JOB["key"]]
+    return _Proxy(search, result)
 
 
 def _ensure_baselines(search: _Search) -> BaselineChoice:
@@ -335,14 +410,16 @@ class _Screen:
             raise _Surplus
         candidate = s.space.sample(trial)
         record.candidate, record.key, record.tree = candidate.to_dict(), candidate.key(), candidate.tree.compact()
-        tuning = tuning_job_for(candidate, s.config, s.tasks, s.experiment.backbone.n_blocks)
+        tuning = tuning_job_for(candidate, s.config, s.tasks, s.experiment.backbone.n_blocks) if s.proxy is None else None
         if tuning is not None:
             return self._from_baselines(trial, record, candidate, tuning)
         others = active_runs(trials, record.key, trial.number)
         if others:
             record.repeat_of = min(t.number for t in others)
-            if len(others) >= MAX_SCREEN_RUNS:
+            if len(others) >= (1 if s.proxy is not None else MAX_SCREEN_RUNS):  # a proxy has no seed noise
                 return self._answer(trial, record, others)
+        if s.proxy is not None:
+            return self._proxy_value(trial, record, candidate)
         record.save(trial)
         seed_everything(candidate.train.seed)
         net = build_model(candidate.tree, s.experiment.backbone, s.experiment.data.tasks, s.device)
@@ -384,6 +461,28 @@ class _Screen:
             record.save(trial)
             raise optuna.TrialPruned(record.over_budget)
         record.val_metrics, record.weights_artifact = dict(result["val"]), result["weights_artifact"]
+        record.save(trial)
+        values = s.spec.values(record.val_metrics, s.baselines.val if s.baselines else None, costs)
+        return values if s.spec.is_multi else values[0]
+
+    def _proxy_value(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate) -> float | list[float]:
+        """The candidate's objective with the supernet's weights, not trained (a screening trial)."""
+        s = self.search
+        assert s.proxy is not None
+        seed_everything(candidate.train.seed)
+        net = build_model(candidate.tree, s.experiment.backbone, s.experiment.data.tasks, s.device)
+        wanted = set(s.spec.cost) | {BUDGETS[b] for b in s.config.constraints} | {"flops"}
+        costs = measure_costs(net, s.experiment.data.input_shape, wanted)
+        record.n_params, record.flops = int(costs["n_params"]), costs["flops"]
+        record.cost = {k: v for k, v in costs.items() if k in s.spec.cost or k in ("n_params", "flops")}
+        over = self._budgets(trial, costs)
+        if over:
+            record.over_budget = "over budget, not scored: " + "; ".join(over)
+            record.save(trial)
+            raise optuna.TrialPruned(record.over_budget)
+        before = s.proxy.evaluator.tre
+        record.val_metrics = s.proxy.evaluator.metrics(candidate.tree)
+        record.proxy, record.proxy_tre = True, s.proxy.evaluator.tre - before
         record.save(trial)
         values = s.spec.values(record.val_metrics, s.baselines.val if s.baselines else None, costs)
         return values if s.spec.is_multi else values[0]
@@ -677,6 +776,8 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures and interrupts get one line of ours
     seeds, fixed_grouping = _affinity_seeds(space, seed_from_affinity, restrict_to_affinity)
     store_dir = artifact_dir(config.storage, config.artifacts)
+    if config.strategy == "supernet":  # the proxy ranks trees only: balancer and training settings stay at their defaults
+        fixed_grouping = {**space.fixed_defaults(), **(fixed_grouping or {})}
     sampler = _with_grouping(_make_sampler(config, sampler_seed(config.seed, worker)), fixed_grouping)
     study, jobs = _open_study(config, spec, sampler, str(store_dir))
     if len(study.trials):  # a resumed study must not replay the candidates its seeded sampler drew before
@@ -684,7 +785,7 @@ def run_search(
     store_dir = artifact_dir(config.storage, config.artifacts, study)
     store_dir.mkdir(parents=True, exist_ok=True)
     search = _Search(config, experiment, space, spec, config.device, study, jobs, FileSystemArtifactStore(str(store_dir)), say,
-                     target=target)  # fmt: skip
+                     store_dir=str(store_dir), target=target)  # fmt: skip
     if read_attr(study, "task_metrics") is None:
         write_attr(study, "task_metrics", {t.name: t.metric for t in experiment.data.tasks})
     if read_attr(study, "hps_flops") is None:
@@ -696,6 +797,8 @@ def run_search(
         search.target = n_first
     with sigterm_as_interrupt():
         search.baselines = _ensure_baselines(search)
+        if config.strategy == "supernet":
+            search.proxy = _ensure_supernet(search)
         _enqueue_first(search, seeds)
         stopped = _screen(search, timeout if timeout is not None else config.timeout, progress, echo)
         if stopped != "total reached":

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -304,6 +305,22 @@ class SearchSpace:
         train_values = {k: canonical(_suggest(trial, f"train.{k}", spec)) for k, spec in self.train.items()}
         train = TrainConfig(seed=trial_seed(self.seed, trial.number), **train_values)
         return Candidate(tree, name, hparams, train)
+
+    def random_tree(self, rng: random.Random) -> BranchTree:
+        """A tree drawn with every parameter of the encoding uniform (random search's distribution)."""
+        params: dict[str, Any] = {group_param(t): rng.randrange(self.max_groups) for t in self.tasks}
+        params.update({group_split_param(g): rng.choice(self.group_points) for g in range(self.max_groups)})
+        params.update({task_split_param(t): rng.choice(self.task_points) for t in self.tasks})
+        return self.decode_tree(params)
+
+    def fixed_defaults(self) -> dict[str, Any]:
+        """Trial parameters fixing everything but the tree: the loss-weighting default (else the
+        first balancer) and every open training setting at :func:`default_value` (for
+        ``optuna.samplers.PartialFixedSampler``; the supernet strategy ranks trees only)."""
+        name = self.family_default("loss_weighting") or next(iter(self.balancers))
+        fixed: dict[str, Any] = {"balancer": name}
+        fixed.update({f"train.{k}": default_value(s) for k, s in self.train.items() if s.kind != "fixed"})
+        return fixed
 
     def decode_tree(self, params: Mapping[str, Any]) -> BranchTree:
         """The tree that trial parameters (:mod:`automtl.encoding`) give in this space."""

@@ -360,6 +360,8 @@ class TrialRecord:
             baselines tuned, answered with that tuning run (its metrics and weights). Such a
             trial was not trained here and does not count toward the total.
         surplus: Started after the study's total was reached; not trained, does not count.
+        proxy: Scored with the supernet's weights, not trained (the ``supernet`` strategy).
+        proxy_tre: Training-run equivalents its proxy evaluation cost.
     """
 
     stage: str = "screen"
@@ -382,6 +384,8 @@ class TrialRecord:
     repeat_of: int | None = None
     answered_from: str | None = None
     surplus: bool = False
+    proxy: bool = False
+    proxy_tre: float | None = None
 
     _ATTR = "automtl"
 

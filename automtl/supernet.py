@@ -1,0 +1,334 @@
+"""One-shot screening: a weight-sharing supernet that every tree of the space is part of.
+
+**Weight sharing (task-anchored copies).** The supernet holds, for every block ``b``, one copy of
+the block per task, ``copy[b][t]``, and one head per task. A tree's node "block ``b`` shared by
+the task set ``S``" uses the copy of ``S``'s first task (in task order), its *anchor*. Two parts
+of one block never share a first task, so every tree of the space is a sub-network of the
+supernet, with its own copy for each of its nodes: hard parameter sharing runs ``copy[b][0]`` at
+every block, single-task networks run ``copy[b][t]`` for task ``t``. The supernet has exactly the
+parameters of the single-task networks, the largest tree. (A copy per task set would need
+``2^T - 1`` copies per block; a fixed number of branches per block, as in Learning to Branch,
+cannot hold every tree of the space.)
+
+**Training (single path, uniform sampling).** As in single-path one-shot NAS (SPOS: Guo et al.,
+"Single Path One-Shot Neural Architecture Search with Uniform Sampling", ECCV 2020), each step
+samples one tree, here from the search space's own encoding with every parameter uniform (the
+distribution of random search), and trains that sub-network on the batch with masked task
+losses and equal weighting; the other copies are left alone (their gradients are ``None``, so
+AdamW neither moves nor decays them). Step ``k`` draws its tree and seeds torch from the supernet
+seed and ``k`` alone, so a run stopped and resumed from its last checkpoint reaches the same
+weights as a run in one go. The budget is in training-run equivalents (:mod:`automtl.accounting`):
+each step counts its batch's share of an epoch, over the config's epochs, times its tree's FLOPs
+over hard sharing's.
+
+**Proxy.** With inherited weights, task ``t``'s output depends only on its *path*, the anchors of
+the parts that hold ``t`` at each block (a non-decreasing sequence, as parts only split). The
+proxy of a tree is its search objective computed from each task's validation metric on its path;
+paths are evaluated once and shared by every tree that uses them (prefixes too). Before a copy
+is evaluated on a path, its BatchNorm statistics are recalibrated on a fixed subset of training
+inputs run through that same path (SPOS's recalibration; statistics of training inputs only, no
+validation input and no label), so that every path is judged with statistics of its own.
+
+This module knows nothing of optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from automtl.backbones import Backbone
+from automtl.build import BranchedNet
+from automtl.data import MultiTaskData
+from automtl.errors import NonFiniteLossError
+from automtl.metrics import compute_metric
+from automtl.seeds import derive_seed
+from automtl.tasks import TaskSpec
+from automtl.train import OPTIMIZERS, TrainConfig, task_losses
+from automtl.tree import BranchTree, Node
+
+__all__ = ["ProxyEvaluator", "Supernet", "SupernetProgress", "anchor", "task_path", "train_supernet"]
+
+Path = tuple[int, ...]
+
+
+def anchor(tree: BranchTree, node: Node) -> int:
+    """The copy a node runs: the position of its first task among the tree's tasks."""
+    return tree.tasks.index(node.tasks[0])
+
+
+def task_path(tree: BranchTree, task: str) -> Path:
+    """The anchors of the parts that hold ``task`` at each block (non-decreasing)."""
+    return tuple(tree.tasks.index(tree.part_of(task, b)[0]) for b in range(tree.n_blocks))
+
+
+class Supernet(nn.Module):
+    """Every tree of the space in one network: a copy of each block per task, a head per task.
+
+    Args:
+        backbone: Supplies the blocks (:meth:`Backbone.make_block`, once per copy).
+        tasks: The tasks; copy ``t`` of each block is anchored at task ``t``.
+    """
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tasks = list(tasks)
+        self.names = [t.name for t in tasks]
+        self.copies = nn.ModuleList(
+            [nn.ModuleList([backbone.make_block(b) for _ in self.tasks]) for b in range(backbone.n_blocks)]
+        )
+        self.heads = nn.ModuleDict({t.name: nn.Linear(backbone.out_features, t.output_dim) for t in self.tasks})
+
+    def block(self, b: int, copy: int) -> nn.Module:
+        """Copy ``copy`` of block ``b``."""
+        return self.copies[b][copy]  # type: ignore[index,no-any-return]
+
+    def head(self, task: TaskSpec, z: torch.Tensor) -> torch.Tensor:
+        y = self.heads[task.name](z)
+        return y.squeeze(-1) if task.output_dim == 1 else y
+
+    def forward_tree(self, x: torch.Tensor, tree: BranchTree) -> dict[str, torch.Tensor]:
+        """The outputs of ``tree`` with the supernet's weights, ``{task: [N] or [N, C]}``; each node once.
+
+        Args:
+            x: A batch ``[N, *input_shape]``.
+            tree: A tree over the supernet's tasks and blocks.
+        """
+        out: dict[Node, torch.Tensor] = {}
+        for node in tree.nodes():
+            parent = tree.parent(node)
+            out[node] = self.block(node.block, anchor(tree, node))(x if parent is None else out[parent])
+        return {t.name: self.head(t, out[tree.leaf(t.name)]) for t in self.tasks}
+
+    def extract(self, tree: BranchTree) -> BranchedNet:
+        """The stand-alone network of ``tree`` with the supernet's weights copied in (on the CPU)."""
+        net = BranchedNet(tree, self.backbone, self.tasks)
+        for node in tree.nodes():
+            net.node_module(node).load_state_dict(self.block(node.block, anchor(tree, node)).state_dict())
+        for t in self.tasks:
+            net.heads[t.name].load_state_dict(self.heads[t.name].state_dict())
+        return net
+
+
+def block_flops(backbone: Backbone, input_shape: Sequence[int]) -> list[int]:
+    """Forward FLOPs of one sample through each block (torch's FLOP counter, as :mod:`automtl.cost`)."""
+    x = torch.zeros(1, *input_shape)
+    out = []
+    for b in range(backbone.n_blocks):
+        block = backbone.make_block(b).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            y = block(x)
+        out.append(int(counter.get_total_flops()))
+        x = y
+    return out
+
+
+def tree_flops(tree: BranchTree, per_block: Sequence[int], head_flops: int) -> int:
+    """FLOPs of one sample through ``tree``: each node's block once, and every head."""
+    return sum(per_block[b] * len(parts) for b, parts in enumerate(tree.partitions)) + head_flops * len(tree.tasks)
+
+
+@dataclass
+class SupernetProgress:
+    """How far a supernet's training went (recorded with its checkpoints).
+
+    Attributes:
+        steps: Optimizer steps taken.
+        tre: Training-run equivalents spent.
+        seconds: Training wall time (s).
+    """
+
+    steps: int = 0
+    tre: float = 0.0
+    seconds: float = 0.0
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_supernet(
+    supernet: Supernet,
+    data: MultiTaskData,
+    sample_tree: Callable[[random.Random], BranchTree],
+    train: TrainConfig,
+    *,
+    budget_tre: float,
+    hps_flops: float,
+    seed: int,
+    progress: SupernetProgress | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    checkpoint: Callable[[SupernetProgress, torch.optim.Optimizer], None] | None = None,
+    checkpoint_every: int = 200,
+) -> tuple[SupernetProgress, torch.optim.Optimizer]:
+    """Train the supernet one sampled tree per step until ``budget_tre`` is spent (module docstring).
+
+    Args:
+        supernet: Trained in place (on its device).
+        data: Only the training split is read.
+        sample_tree: Draws a tree from a ``random.Random`` (the search space's encoding, uniform).
+        train: Batch size, learning rate, weight decay and optimizer (its epochs set the TRE scale).
+        budget_tre: Training-run equivalents to spend.
+        hps_flops: Forward FLOPs of one sample through hard sharing (the TRE unit).
+        seed: The supernet's seed (tree draws, batch order, initial weights are the caller's).
+        progress: Where a resumed run stopped (default: a fresh start).
+        optimizer_state: The optimizer's state at that point.
+        checkpoint: Called every ``checkpoint_every`` steps and at the end.
+
+    Returns:
+        The progress and the optimizer.
+
+    Raises:
+        NonFiniteLossError: A task loss became NaN or infinite.
+    """
+    device = next(supernet.parameters()).device
+    split = data.train.to(device)
+    n = len(split)
+    per_block = block_flops(supernet.backbone, data.input_shape)
+    head = max(1, supernet.backbone.out_features * max(t.output_dim for t in supernet.tasks) * 2)
+    optimizer = OPTIMIZERS[train.optimizer](list(supernet.parameters()), lr=train.lr, weight_decay=train.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(dict(optimizer_state))
+    done = progress or SupernetProgress()
+    steps_per_epoch = math.ceil(n / train.batch_size)
+    supernet.train()
+    start = time.perf_counter() - done.seconds
+    while done.tre < budget_tre:
+        epoch, index = divmod(done.steps, steps_per_epoch)
+        rows = _batches(n, train.batch_size, seed, epoch)[index].to(device)
+        tree = sample_tree(random.Random(derive_seed(seed, "tree", done.steps)))
+        torch.manual_seed(derive_seed(seed, "step", done.steps))
+        batch = split.subset(rows)
+        outputs = supernet.forward_tree(batch.x, tree)
+        losses = task_losses(_Heads(supernet), batch, outputs)
+        if losses:
+            total = torch.stack(list(losses.values())).sum()
+            if not math.isfinite(float(total.detach())):
+                bad = next(t for t, v in losses.items() if not math.isfinite(float(v.detach())))
+                raise NonFiniteLossError(bad, epoch, done.steps, float(losses[bad].detach()))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+        done.steps += 1
+        done.tre += (len(rows) / n) / train.epochs * tree_flops(tree, per_block, head) / hps_flops
+        done.seconds = time.perf_counter() - start
+        if checkpoint is not None and done.steps % checkpoint_every == 0:
+            checkpoint(done, optimizer)
+    if checkpoint is not None:
+        checkpoint(done, optimizer)
+    return done, optimizer
+
+
+class _Heads:
+    """What :func:`automtl.train.task_losses` reads of a network: its tasks."""
+
+    def __init__(self, supernet: Supernet) -> None:
+        self.tasks = supernet.tasks
+
+
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def _recalibrated(module: nn.Module, calibration: torch.Tensor) -> Iterator[None]:
+    """``module`` in eval mode with each BatchNorm's statistics those of ``calibration`` (exact
+    averages over it); its own statistics are restored afterwards."""
+    norms = _batchnorms(module)
+    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
+             for bn in norms if bn.running_mean is not None]  # fmt: skip
+    was_training = module.training
+    try:
+        if norms:
+            for bn in norms:
+                bn.reset_running_stats()
+                bn.momentum = None  # a cumulative average: one pass gives the exact statistics
+            module.train()
+            with torch.no_grad():
+                module(calibration)
+        module.eval()
+        yield
+    finally:
+        for bn, (mean, var, count, momentum) in zip(norms, saved):
+            bn.running_mean.copy_(mean)  # type: ignore[union-attr]
+            bn.running_var.copy_(var)  # type: ignore[union-attr]
+            bn.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
+            bn.momentum = momentum
+        module.train(was_training)
+
+
+@dataclass
+class ProxyEvaluator:
+    """Trees' validation metrics with the supernet's weights, each path evaluated once (module docstring).
+
+    Args:
+        supernet: The trained supernet.
+        data: Its data: the first ``calibration`` training inputs recalibrate BatchNorm; the
+            validation split is scored.
+        calibration: How many training inputs recalibrate each path's BatchNorm statistics.
+        hps_flops: Forward FLOPs of one sample through hard sharing (for :attr:`tre`).
+        epochs: The config's epochs (for :attr:`tre`).
+
+    Attributes:
+        tre: Training-run equivalents spent so far (forward passes: each path node runs the
+            calibration inputs twice and the validation inputs once; 1 TRE is ``3 × epochs``
+            forward passes of hard sharing over the training split, a backward pass counting
+            twice a forward one).
+    """
+
+    supernet: Supernet
+    data: MultiTaskData
+    calibration: int = 512
+    hps_flops: float = 1.0
+    epochs: int = 1
+    tre: float = 0.0
+    _prefix: dict[Path, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _metric: dict[tuple[str, Path], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        device = next(self.supernet.parameters()).device
+        self._calib_x = self.data.train.x[: self.calibration].to(device)
+        self._val = self.data.val.to(device)
+        self._per_block = block_flops(self.supernet.backbone, self.data.input_shape)
+        self._n_train = len(self.data.train)
+
+    def _activations(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibration and validation activations after the blocks of ``path`` (a prefix)."""
+        if not path:
+            return self._calib_x, self._val.x
+        cached = self._prefix.get(path)
+        if cached is not None:
+            return cached
+        calib_in, val_in = self._activations(path[:-1])
+        module = self.supernet.block(len(path) - 1, path[-1])
+        with _recalibrated(module, calib_in), torch.no_grad():
+            out = (module(calib_in), module(val_in))
+        self._prefix[path] = out
+        samples = 2 * len(calib_in) + len(val_in)
+        self.tre += samples * self._per_block[len(path) - 1] / (3 * self.epochs * self._n_train * self.hps_flops)
+        return out
+
+    def task_metric(self, task: TaskSpec, path: Path) -> float:
+        """``task``'s validation metric on ``path``."""
+        key = (task.name, path)
+        if key not in self._metric:
+            _, z = self._activations(path)
+            with torch.no_grad():
+                output = self.supernet.head(task, z)
+            self._metric[key] = compute_metric(task, output, self._val.y[task.name], self._val.mask[task.name])
+        return self._metric[key]
+
+    def metrics(self, tree: BranchTree) -> dict[str, float]:
+        """Every task's validation metric for ``tree`` with inherited weights."""
+        return {t.name: self.task_metric(t, task_path(tree, t.name)) for t in self.supernet.tasks}
