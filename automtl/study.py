@@ -416,7 +416,7 @@ def counts_toward_total(trial: FrozenTrial) -> bool:
     """Whether a trial counts toward ``n_trials``: complete, pruned, or failed for a recorded
     reason; not an answer from the study, not a surplus trial, not an interrupted one."""
     record = TrialRecord.of(trial)
-    if record.answered_from or record.surplus:
+    if record.answered_from or record.surplus or record.interrupted:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
