@@ -39,5 +39,8 @@ def baseline_tuning_seed(study_seed: int) -> int:
 
 
 def sampler_seed(study_seed: int, worker: int) -> int:
-    """The sampler seed of worker ``worker`` (0 for a search run in one process)."""
-    return study_seed if worker == 0 else derive_seed(study_seed, "sampler", worker)
+    """The sampler seed of worker ``worker`` (0 for a search run in one process): the study seed
+    itself for worker 0 when it is in range, else a derived one."""
+    if worker == 0 and 0 <= study_seed <= _MASK:
+        return study_seed
+    return derive_seed(study_seed, "sampler", worker)

@@ -151,7 +151,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     A running trial's heartbeat is the wall-clock time (``time.time()``, seconds) in its system
     attribute ``automtl:heartbeat``; a running trial whose heartbeat is older than
     ``grace_period`` is stale. Optuna's optimize loop then fails it and calls the retry callback,
-    as for its RDB storages.
+    as for its RDB storages. A trial's start counts as a heartbeat: a retry inherits its dead
+    predecessor's system attributes, old heartbeat included, and must not look dead before its
+    own first heartbeat.
     """
 
     def __init__(self, path: str, heartbeat_interval: int, grace_period: int, retry: Callable[..., None]) -> None:
@@ -165,11 +167,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
-        return [
-            t._trial_id
-            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if now - float(t.system_attrs.get("automtl:heartbeat", now)) > self._grace_period
-        ]
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = float(t.system_attrs.get("automtl:heartbeat", now))
+            if t.datetime_start is not None:
+                beat = max(beat, t.datetime_start.timestamp())
+            if now - beat > self._grace_period:
+                stale.append(t._trial_id)
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval
@@ -417,7 +422,7 @@ def counts_toward_total(trial: FrozenTrial) -> bool:
     """Whether a trial counts toward ``n_trials``: complete, pruned, or failed for a recorded
     reason; not an answer from the study, not a surplus trial, not an interrupted one."""
     record = TrialRecord.of(trial)
-    if record.answered_from or record.surplus:
+    if record.answered_from or record.surplus or record.interrupted:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True

@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from automtl.balance import create_balancer
-from automtl.config import SearchConfig
+from automtl.config import ParamSpec, SearchConfig
 from automtl.experiment import prepare
 from automtl.space import Candidate, SearchSpace
 from automtl.train import TrainConfig
@@ -205,3 +207,87 @@ def test_an_override_outside_a_strategy_s_choices_is_a_config_error(make_config)
     with pytest.raises(ConfigError) as info:
         SearchSpace(dataclasses.replace(config, space=dataclasses.replace(config.space, balancers=bad)), ["a", "b", "c", "d"], 3)
     assert info.value.key == "space.balancers.excess_mtl.mode"
+
+
+# ------------------------------------------------------------------- canonical, keys and defaults
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e300, 1e300, allow_subnormal=False).filter(lambda v: v != 0.0))  # (near 1.8e308, 3 digits overflow)
+def test_canonical_keeps_three_significant_digits(value: float) -> None:
+    from decimal import Decimal
+
+    from automtl.space import canonical
+
+    rounded = canonical(value)
+    assert isinstance(rounded, float) and canonical(rounded) == rounded  # idempotent
+    assert len(Decimal(repr(rounded)).normalize().as_tuple().digits) <= 3
+    assert abs(rounded - value) <= 0.005 * abs(value) * (1 + 1e-12)  # half a unit in the third digit
+
+
+def test_canonical_leaves_non_floats_and_non_finite_values_alone() -> None:
+    import math
+
+    from automtl.space import canonical
+
+    assert canonical(True) is True and canonical(7) == 7 and isinstance(canonical(7), int)
+    assert canonical(-0.0012345) == -0.00123 and canonical((1.23456, "x")) == [1.23, "x"]
+    assert canonical({"w": {"a": 2.0001, "b": [0.33333]}}) == {"w": {"a": 2.0, "b": [0.333]}}
+    assert math.isnan(canonical(float("nan"))) and canonical(float("inf")) == float("inf") and canonical(None) is None
+
+
+def _candidate(**changes: object) -> Candidate:
+    base: dict[str, object] = {
+        "tree": BranchTree.hard_sharing(["a", "b"], 2),
+        "balancer": "dwa",
+        "balancer_params": {"temperature": 2.0},
+        "train": TrainConfig(epochs=3, batch_size=32, lr=1e-3, weight_decay=0.0, seed=5),
+    }
+    base.update(changes)
+    return Candidate(**base)  # type: ignore[arg-type]
+
+
+def test_candidate_key_ignores_the_seed_and_sub_rounding_differences() -> None:
+    c = _candidate()
+    assert len(c.key()) == 16 and int(c.key(), 16) >= 0
+    assert c.with_seed(999).key() == c.key()
+    nearly = _candidate(train=TrainConfig(epochs=3, batch_size=32, lr=1.0004e-3, weight_decay=0.0, seed=1))
+    assert nearly.key() == c.key()  # the same design once canonically rounded
+    assert _candidate(balancer_params={"temperature": 2.0001}).key() == c.key()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tree": BranchTree.single_task(["a", "b"], 2)},
+        {"tree": BranchTree.hard_sharing(["a", "b"], 3)},
+        {"balancer": "uncertainty", "balancer_params": {"temperature": 2.0}},
+        {"balancer_params": {"temperature": 3.0}},
+        {"balancer_params": {}},
+        {"train": TrainConfig(epochs=4, batch_size=32, lr=1e-3, weight_decay=0.0, seed=5)},
+        {"train": TrainConfig(epochs=3, batch_size=64, lr=1e-3, weight_decay=0.0, seed=5)},
+        {"train": TrainConfig(epochs=3, batch_size=32, lr=1.01e-3, weight_decay=0.0, seed=5)},
+        {"train": TrainConfig(epochs=3, batch_size=32, lr=1e-3, weight_decay=1e-4, seed=5)},
+        {"train": TrainConfig(epochs=3, batch_size=32, lr=1e-3, weight_decay=0.0, optimizer="sgd", seed=5)},
+        {"train": TrainConfig(epochs=3, batch_size=32, lr=1e-3, weight_decay=0.0, seed=5, lr_by_task={"a": 1e-3, "b": 1e-2})},
+    ],
+)
+def test_candidate_key_changes_with_any_part_of_the_design(change: dict[str, object]) -> None:
+    assert _candidate(**change).key() != _candidate().key()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (ParamSpec("fixed", value=0.123456), 0.123456),  # a fixed value as written
+        (ParamSpec("choice", choices=(64, 32)), 64),
+        (ParamSpec("range", low=1e-4, high=1e-2, log=True), 1e-3),  # geometric middle
+        (ParamSpec("range", low=1e-3, high=1e-2, log=True), 0.00316),  # sqrt(1e-5), rounded
+        (ParamSpec("range", low=0.0, high=0.3), 0.15),
+        (ParamSpec("range", low=1, high=7), 4),
+        (ParamSpec("range", low=2, high=32, log=True), 8),
+    ],
+)
+def test_default_value(spec: ParamSpec, expected: object) -> None:
+    from automtl.space import default_value
+
+    got = default_value(spec)
+    assert got == expected and type(got) is type(expected)
