@@ -63,9 +63,9 @@ GRID_QUANTILES: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)
 def lr_grid(spec: ParamSpec) -> list[float]:
     """The learning rates the baselines try (module docstring, step 1), canonically rounded."""
     if spec.kind == "fixed":
-        return [float(spec.value)]
+        return [canonical(float(spec.value))]
     if spec.kind == "choice":
-        return [float(v) for v in spec.choices]
+        return [canonical(float(v)) for v in spec.choices]
     if spec.log:
         lo, hi = math.log(spec.low), math.log(spec.high)
         values = [math.exp(lo + q * (hi - lo)) for q in GRID_QUANTILES]

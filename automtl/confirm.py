@@ -267,8 +267,8 @@ def _verdict(conf: Confirmation) -> str:
         small = conf.design(conf.smallest)
         lines.append(
             f"the smallest design within seed noise of the best is {small.label} ({small.tree}, {small.balancer}): "
-            f"{small.n_params} parameters, {_percent(small.n_params / max(best.n_params, 1))} of the answer's, "
-            f"{_fmt(small.mean, unit)} mean."
+            f"{small.n_params} parameters, {_percent(small.n_params / max(best.n_params, 1))} of the answer's; "
+            f"mean {_fmt(small.mean, unit)}."
         )
     lines.append(
         f"({unit} differences are mean ± std over {n} paired confirmation seeds; 'beyond seed noise': one-sided "

@@ -390,6 +390,7 @@ class _Screen:
         s = self.search
         s.last.append(trial.number)
         record = TrialRecord.fresh(trial)
+        record.save(trial)  # a retried trial must not show its predecessor's record (it counts as running)
         try:
             return self._run(trial, record)
         except KeyboardInterrupt:

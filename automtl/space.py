@@ -133,11 +133,12 @@ class ObviousDesign:
 
 def default_value(spec: ParamSpec) -> Any:
     """A fixed design's value of a searched setting: the fixed value, else the first choice, else
-    the middle of the range (geometric middle on a log scale; rounded for an integer range)."""
+    the middle of the range (geometric middle on a log scale; rounded for an integer range);
+    floats canonically rounded, as :meth:`SearchSpace.sample` rounds them."""
     if spec.kind == "fixed":
-        return spec.value
+        return canonical(spec.value)
     if spec.kind == "choice":
-        return spec.choices[0]
+        return canonical(spec.choices[0])
     value = math.sqrt(spec.low * spec.high) if spec.log else (spec.low + spec.high) / 2
     return round(value) if spec.is_int else canonical(float(value))
 

@@ -207,7 +207,7 @@ def test_the_smallest_design_within_noise_of_the_answer_is_named() -> None:
     mean = statistics.fmean(_plus(SINGLE, [0.09, 0.13, 0.06, 0.12]))
     assert (
         "the smallest design within seed noise of the best is small (0-1, equal): "
-        f"200 parameters, 20 % of the answer's, {mean:+.4f} mean score mean."
+        f"200 parameters, 20 % of the answer's; mean {mean:+.4f} mean score."
     ) in conf.verdict
 
 

@@ -277,7 +277,7 @@ def test_candidate_key_changes_with_any_part_of_the_design(change: dict[str, obj
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (ParamSpec("fixed", value=0.123456), 0.123456),  # a fixed value as written
+        (ParamSpec("fixed", value=0.123456), 0.123),  # rounded to 3 digits, as sample() rounds it
         (ParamSpec("choice", choices=(64, 32)), 64),
         (ParamSpec("range", low=1e-4, high=1e-2, log=True), 1e-3),  # geometric middle
         (ParamSpec("range", low=1e-3, high=1e-2, log=True), 0.00316),  # sqrt(1e-5), rounded
