@@ -167,3 +167,111 @@ def test_bad_input_exits_2_with_one_line_naming_the_culprit(
     assert "Traceback" not in out + err
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in p.parts)
     assert after == before, "nothing is written for bad input"
+
+
+# --------------------------------------------------------------------------- against a study
+# id -> (argv from (tmp, storage URL, config path), the texts the error line must hold); each
+# runs against the finished tiny study of ``searched``, which must come out untouched
+STUDY_CASES: dict[str, tuple[Callable[[Path, str, str], list[str]], list[str]]] = {
+    "negative-n-trials": (lambda t, s, c: ["search", c, "--storage", s, "--n-trials", "-3"], ["'--n-trials'", "-3"]),
+    "zero-workers": (lambda t, s, c: ["search", c, "--storage", s, "--workers", "0"], ["'--workers'", ">= 1"]),
+    "unknown-scheme": (lambda t, s, c: ["show", "--storage", "foo://bar"], ["foo://bar", "unknown URL scheme 'foo'"]),
+    "file-url": (lambda t, s, c: ["show", "--storage", f"file://{t}/x.db"], ["file://", "unknown URL scheme 'file'"]),
+    "plain-path": (lambda t, s, c: ["show", "--storage", str(t / "x.db")], ["x.db", "not a storage URL", "sqlite:///"]),
+    "sqlite-directory": (lambda t, s, c: ["show", "--storage", f"sqlite:///{t}"], ["work is a directory"]),
+    "sqlite-not-a-database": (
+        lambda t, s, c: ["show", "--storage", f"sqlite:///{_text_file(t)}"],
+        ["notes.txt", "is not a SQLite database"],
+    ),
+    "sqlite-missing": (lambda t, s, c: ["show", "--storage", f"sqlite:///{t}/missing.db"], ["missing.db", "does not exist"]),
+    "journal-directory": (lambda t, s, c: ["show", "--storage", f"journal:{t}"], ["work is a directory"]),
+    "no-such-study": (lambda t, s, c: ["show", "--storage", s, "--study-name", "nope"], ["no study 'nope'", "tiny"]),
+    "no-such-trial": (lambda t, s, c: ["export", "--storage", s, "--out", str(t / "b"), "--trial", "99"], ["no trial 99"]),
+    "missing-artifacts": (
+        lambda t, s, c: ["export", "--storage", s, "--out", str(t / "b"), "--artifacts", str(t / "gone")],
+        ["artifact folder", "gone", "does not exist"],
+    ),
+    "changed-space-on-resume": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "train.lr", 0.01)), "--storage", s, "--no-progress"],
+        ["config key 'train'", "study 'tiny'", "different 'train'"],
+    ),
+    "changed-strategy-on-resume": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "search.strategy", "supernet")), "--storage", s],
+        ["config key 'search.strategy'", "different 'search.strategy'"],
+    ),
+    "affinity-dir-missing": (
+        lambda t, s, c: ["search", c, "--storage", s, "--seed-from-affinity", str(t / "nowhere")],
+        ["no affinity.json in", "nowhere"],
+    ),
+    "unknown-strategy": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "search.strategy", "grid")), "--storage", s],
+        ["config key 'search.strategy'", "'grid'"],
+    ),
+    "negative-supernet-budget": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "search.supernet", {"budget": -1})), "--storage", s],
+        ["config key 'search.supernet.budget'", "-1"],
+    ),
+    "confirm-top-k-zero": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "search.confirm", {"top_k": 0})), "--storage", s],
+        ["config key 'search.confirm.top_k'", ">= 1"],
+    ),
+    "unknown-pruner": (
+        lambda t, s, c: ["search", _write(t, set_key(_study_raw(c), "search.pruner", "hyperband")), "--storage", s],
+        ["config key 'search.pruner'", "'hyperband'"],
+    ),
+    "arch-file-missing": (
+        lambda t, s, c: ["train", c, "--arch", str(t / "tree.yaml"), "--epochs", "1"],
+        ["--arch", "tree.yaml", "hps, single or a tree YAML file"],
+    ),
+}
+
+
+def _text_file(tmp: Path) -> Path:
+    path = tmp / "notes.txt"
+    path.write_text("not a database\n")
+    return path
+
+
+def _study_raw(config_path: str) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(Path(config_path).read_text())
+    return raw
+
+
+def _finished(storage: str) -> list[tuple[int, str, Any]]:
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    return [(t.number, t.state.name, t.values) for t in study.trials]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_bad_input_against_a_study_leaves_it_intact(
+    case: str,
+    searched: tuple[Any, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config, _ = searched
+    config_path = tmp_path / "study.yaml"
+    config_path.write_text(yaml.safe_dump(set_key(copy.deepcopy(config.raw), "search.storage", DELETE), sort_keys=False))
+    before_study = _finished(config.storage)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    setup, expected = STUDY_CASES[case]
+    argv = setup(work, config.storage, str(config_path))
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"automtl {argv[0]}: error: ")
+    for part in expected:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+    assert "Traceback" not in out + err
+    after = sorted(p.relative_to(work) for p in work.rglob("*") if "__pycache__" not in p.parts)
+    assert after == before, "nothing is written for bad input"
+    assert _finished(config.storage) == before_study, "the study's trials are untouched"
