@@ -90,7 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--lr", type=float, help="override the learning rate (default: fixed value or middle of range)")
     p.add_argument("--device", help="auto, cpu, cuda ...")
-    p.add_argument("--delta-m", action="store_true", help="also train (or reuse cached) single-task baselines; report Δm")
+    p.add_argument(
+        "--delta-m",
+        action="store_true",
+        help="also train (or reuse cached) single-task networks, tuned and on the same seeds; report Δm, paired",
+    )
 
     p = sub.add_parser("affinity", help="measure inter-task affinity (CONFIG --out DIR) or show it (show DIR)")
     p.add_argument("config", help="search YAML to measure, or the word 'show'")
@@ -195,21 +199,21 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from automtl.data import describe_data
         from automtl.experiment import prepare
-        from automtl.fixed import single_task_baseline, train_fixed
+        from automtl.fixed import train_fixed, tuned_single_task
+        from automtl.metrics import nanmean
 
         config = automtl.load_config(args.config)
         experiment = prepare(config)
-        print(describe_data(experiment.data), flush=True)
+        print(describe_data(experiment.data))
         result = train_fixed(
             experiment, args.arch, args.balancer, seeds=args.seeds, device=args.device, epochs=args.epochs, lr=args.lr
         )
-        baseline = None
+        baseline = single = None
         if args.delta_m:
             cache = artifact_dir(config.storage, config.artifacts).parent / "baselines"
-            baseline = single_task_baseline(
-                experiment, cache, ("val", "test"), args.device, epochs=args.epochs, lr=args.lr
-            )
-        print(report.format_fixed(result, experiment.data.tasks, baseline))
+            single = tuned_single_task(experiment, cache, list(range(args.seeds)), args.device, epochs=args.epochs)
+            baseline = {s: {t: nanmean([r[s][t] for r in single]) for t in experiment.data.task_names} for s in ("val", "test")}
+        print(report.format_fixed(result, experiment.data.tasks, baseline, single))
     elif args.command == "affinity":
         _affinity(args)
     elif args.command == "list":

@@ -21,7 +21,15 @@ from automtl.metrics import aggregate_score, delta_m, mean_std
 from automtl.train import TrainConfig, evaluate, fit, seed_everything
 from automtl.tree import BranchTree
 
-__all__ = ["FixedResult", "baseline_key", "default_train_config", "resolve_arch", "single_task_baseline", "train_fixed"]
+__all__ = [
+    "FixedResult",
+    "baseline_key",
+    "default_train_config",
+    "resolve_arch",
+    "single_task_baseline",
+    "train_fixed",
+    "tuned_single_task",
+]
 
 
 def _default_value(spec: ParamSpec) -> Any:
@@ -204,3 +212,60 @@ def single_task_baseline(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cached, indent=2))
     return {s: cached["metrics"][s] for s in splits}
+
+
+def tuned_single_task(
+    experiment: Experiment,
+    cache_dir: str | Path,
+    seeds: Sequence[int],
+    device: str | None = None,
+    epochs: int | None = None,
+) -> list[dict[str, dict[str, float]]]:
+    """The single-task networks as a search measures them (:mod:`automtl.baselines`): each task's
+    learning rate chosen on validation on the config's grid (one tuning seed), then every task at
+    its rate trained with each of ``seeds`` (so a fixed design trained with the same seeds is
+    compared paired); ``epochs`` overrides the config's, as for the design. Cached in
+    ``cache_dir`` under a hash of data, tasks, backbone and training settings, per seed.
+
+    Returns:
+        Per seed, ``{"val": {task: metric}, "test": {task: metric}}``.
+
+    Raises:
+        BaselineError: A task's tuned baseline is no better than a constant predictor.
+    """
+    from automtl.baselines import (
+        baseline_candidate,
+        check_sane,
+        choose,
+        lr_grid,
+        trivial_metrics,
+    )
+    from automtl.runs import train_candidate
+    from automtl.seeds import baseline_tuning_seed
+
+    config, data = experiment.config, experiment.data
+    n_blocks = experiment.backbone.n_blocks
+    extra = {"epochs": epochs} if epochs is not None else {}
+    key = baseline_key(config, default_train_config(config, 0, **extra))
+    path = Path(cache_dir) / f"tuned-{key}.json"
+    cached: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    dev = device or config.device
+    if "lr_by_task" not in cached:
+        grid, tune_seed = lr_grid(config.train["lr"]), baseline_tuning_seed(config.seed)
+        results = {}
+        for lr in grid:
+            run = train_candidate(experiment, baseline_candidate(config, data.task_names, n_blocks, tune_seed, lr=lr, **extra), dev)
+            results[lr] = run.val_metrics
+        choice = choose(data.tasks, grid, tune_seed, results)
+        choice.trivial = trivial_metrics(data, "val")
+        check_sane(choice, data.tasks)
+        cached["lr_by_task"] = choice.lr_by_task
+    runs = cached.setdefault("runs", {})
+    for seed in seeds:
+        if str(seed) not in runs:
+            candidate = baseline_candidate(config, data.task_names, n_blocks, seed, lr_by_task=cached["lr_by_task"], **extra)
+            run = train_candidate(experiment, candidate, dev)
+            runs[str(seed)] = {s: evaluate(run.net, data.split(s), data.tasks) for s in ("val", "test")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cached, indent=2))
+    return [runs[str(seed)] for seed in seeds]

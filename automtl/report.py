@@ -338,9 +338,16 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
     return text
 
 
-def format_fixed(result: Any, tasks: Sequence[Any], baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:
-    """``automtl train``'s table: each task's validation and test metric, mean ± std over seeds."""
-    from automtl.metrics import DELTA_M_CONVENTION
+def format_fixed(
+    result: Any,
+    tasks: Sequence[Any],
+    baseline: Mapping[str, Mapping[str, float]] | None = None,
+    single: Sequence[Mapping[str, Mapping[str, float]]] | None = None,
+) -> str:
+    """``automtl train``'s table: each task's validation and test metric, mean ± std over seeds;
+    with ``baseline`` (the single-task networks' mean) Δm, and with ``single`` (their per-seed
+    runs, the same seeds) the paired difference of Δm to them, seed by seed."""
+    from automtl.metrics import DELTA_M_CONVENTION, delta_m
 
     summary = result.summary(tasks, baseline)
     rows = []
@@ -354,7 +361,14 @@ def format_fixed(result: Any, tasks: Sequence[Any], baseline: Mapping[str, Mappi
         f"arch [{result.tree.compact()}], balancer {result.balancer}, {summary['n_params']} parameters, "
         f"{summary['seeds']} seed(s); mean ± std over seeds"
     )
-    foot = f"\n{DELTA_M_CONVENTION}" if baseline else ""
+    foot = f"\n{DELTA_M_CONVENTION}; B = the mean of the single-task networks over the same seeds" if baseline else ""
+    if baseline and single:
+        for split in ("val", "test"):
+            diffs = [delta_m(r, baseline[split], tasks) - delta_m(s[split], baseline[split], tasks)
+                     for r, s in zip(getattr(result, split), single)]  # fmt: skip
+            mean, std = mean_std(diffs)
+            better = sum(d > 0 for d in diffs)
+            foot += f"\n{split}: this design minus single-task networks, paired by seed: {_signed(mean, 2)} ± {std:.2f} Δm ({better}/{len(diffs)} seeds better)"
     return head + "\n" + format_table(["task", "metric", "direction", "val", "test"], rows) + foot
 
 

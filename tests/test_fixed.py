@@ -87,11 +87,14 @@ def test_single_task_baseline_is_cached(experiment: Experiment, tmp_path: Path, 
 
 
 def test_cli_train(config_file: Path, tmp_path: Path) -> None:
-    raw = yaml.safe_load(config_file.read_text())
-    raw["train"]["epochs"] = 1
-    config_file.write_text(yaml.safe_dump(raw))
     code, out, err = run("train", str(config_file), "--arch", "hps", "--seeds", "2", "--delta-m")
     assert code == 0, err
     assert "2 seed(s); mean ± std over seeds" in out and "(delta_m %)" in out and "Δm = (100/T)" in out
+    # against the tuned single-task networks trained with the same seeds: a paired difference per split
+    assert "B = the mean of the single-task networks over the same seeds" in out
+    assert "val: this design minus single-task networks, paired by seed: " in out and "/2 seeds better)" in out
+    # one epoch is too short for the tiny data's task d: the baselines do not beat a constant
+    code, _, err = run("train", str(config_file), "--arch", "hps", "--epochs", "1", "--delta-m")
+    assert code == 2 and "task 'd' is no better than a constant predictor" in err
     code, _, err = run("train", str(config_file), "--arch", "nowhere.yaml")
     assert code == 2 and "expected hps, single or a tree YAML" in err
