@@ -96,7 +96,7 @@ from automtl.study import (
     read_attr,
     write_attr,
 )
-from automtl.supernet import ProxyEvaluator, Supernet, SupernetProgress, train_supernet
+from automtl.supernet import ProxyEvaluator, Supernet, SupernetProgress, train_supernet, tree_sampler
 from automtl.train import EpochResult, TrainConfig, seed_everything
 from automtl.tree import BranchTree
 
@@ -292,7 +292,7 @@ def _train_supernet_job(search: _Search) -> Mapping[str, Any]:
         write_attr(s.study, "supernet_checkpoint", {"artifact": artifact, **dataclasses.asdict(done)})
 
     done, _ = train_supernet(
-        supernet, s.experiment.data, s.space.random_tree, train, budget_tre=s.config.supernet_budget,
+        supernet, s.experiment.data, tree_sampler(s.space.random_tree), train, budget_tre=s.config.supernet_budget,
         hps_flops=float(read_attr(s.study, "hps_flops")), seed=train.seed, progress=progress,
         optimizer_state=optimizer_state, checkpoint=checkpoint,
     )  # fmt: skip

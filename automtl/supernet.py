@@ -56,7 +56,18 @@ from automtl.tasks import TaskSpec
 from automtl.train import OPTIMIZERS, TrainConfig, task_losses
 from automtl.tree import BranchTree, Node
 
-__all__ = ["ProxyEvaluator", "Supernet", "SupernetProgress", "anchor", "task_path", "train_supernet"]
+__all__ = [
+    "ProxyEvaluator",
+    "Supernet",
+    "SupernetProgress",
+    "anchor",
+    "path_sampler",
+    "paths_flops",
+    "realizable_paths",
+    "task_path",
+    "train_supernet",
+    "tree_sampler",
+]
 
 Path = tuple[int, ...]
 
@@ -96,6 +107,23 @@ class Supernet(nn.Module):
     def head(self, task: TaskSpec, z: torch.Tensor) -> torch.Tensor:
         y = self.heads[task.name](z)
         return y.squeeze(-1) if task.output_dim == 1 else y
+
+    def forward_paths(self, x: torch.Tensor, paths: Mapping[str, Path]) -> dict[str, torch.Tensor]:
+        """Each task's output along its path, ``{task: [N] or [N, C]}``; a prefix shared by several
+        tasks is computed once (the paths form a prefix tree, itself a branched network).
+
+        Args:
+            x: A batch ``[N, *input_shape]``.
+            paths: Per task (all of them), the copy it runs at each block.
+        """
+        out: dict[Path, torch.Tensor] = {(): x}
+
+        def along(path: Path) -> torch.Tensor:
+            if path not in out:
+                out[path] = self.block(len(path) - 1, path[-1])(along(path[:-1]))
+            return out[path]
+
+        return {t.name: self.head(t, along(tuple(paths[t.name]))) for t in self.tasks}
 
     def forward_tree(self, x: torch.Tensor, tree: BranchTree) -> dict[str, torch.Tensor]:
         """The outputs of ``tree`` with the supernet's weights, ``{task: [N] or [N, C]}``; each node once.
@@ -138,6 +166,45 @@ def tree_flops(tree: BranchTree, per_block: Sequence[int], head_flops: int) -> i
     return sum(per_block[b] * len(parts) for b, parts in enumerate(tree.partitions)) + head_flops * len(tree.tasks)
 
 
+def paths_flops(paths: Mapping[str, Path], per_block: Sequence[int], head_flops: int) -> int:
+    """FLOPs of one sample through the prefix tree of ``paths``: each distinct prefix once, and every head."""
+    prefixes = {tuple(p[: b + 1]) for p in paths.values() for b in range(len(p))}
+    return sum(per_block[len(q) - 1] for q in prefixes) + head_flops * len(paths)
+
+
+def realizable_paths(sample_tree: Callable[[random.Random], BranchTree], draws: int = 4000, seed: int = 0) -> dict[str, list[Path]]:
+    """Per task, the paths that trees of the space give it, found by drawing ``draws`` trees
+    (sorted; a path the space can give but no draw gave is left out, which only rare paths are)."""
+    found: dict[str, set[Path]] = {}
+    rng = random.Random(seed)
+    for _ in range(draws):
+        tree = sample_tree(rng)
+        for task in tree.tasks:
+            found.setdefault(task, set()).add(task_path(tree, task))
+    return {task: sorted(paths) for task, paths in found.items()}
+
+
+def path_sampler(sample_tree: Callable[[random.Random], BranchTree], draws: int = 4000) -> Callable[[random.Random], dict[str, Path]]:
+    """Each task's path drawn uniformly among its realizable paths (:func:`realizable_paths`),
+    independently of the other tasks': every (task, path) gets the same expected training."""
+    options = realizable_paths(sample_tree, draws)
+
+    def sample(rng: random.Random) -> dict[str, Path]:
+        return {task: rng.choice(paths) for task, paths in options.items()}
+
+    return sample
+
+
+def tree_sampler(sample_tree: Callable[[random.Random], BranchTree]) -> Callable[[random.Random], dict[str, Path]]:
+    """The paths of one tree drawn by ``sample_tree`` (single-path training of whole trees, SPOS)."""
+
+    def sample(rng: random.Random) -> dict[str, Path]:
+        tree = sample_tree(rng)
+        return {task: task_path(tree, task) for task in tree.tasks}
+
+    return sample
+
+
 @dataclass
 class SupernetProgress:
     """How far a supernet's training went (recorded with its checkpoints).
@@ -161,7 +228,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
 def train_supernet(
     supernet: Supernet,
     data: MultiTaskData,
-    sample_tree: Callable[[random.Random], BranchTree],
+    sample: Callable[[random.Random], Mapping[str, Path]],
     train: TrainConfig,
     *,
     budget_tre: float,
@@ -177,7 +244,8 @@ def train_supernet(
     Args:
         supernet: Trained in place (on its device).
         data: Only the training split is read.
-        sample_tree: Draws a tree from a ``random.Random`` (the search space's encoding, uniform).
+        sample: Draws each task's path from a ``random.Random`` (:func:`path_sampler`, or
+            :func:`tree_sampler` for whole trees).
         train: Batch size, learning rate, weight decay and optimizer (its epochs set the TRE scale).
         budget_tre: Training-run equivalents to spend.
         hps_flops: Forward FLOPs of one sample through hard sharing (the TRE unit).
@@ -207,10 +275,10 @@ def train_supernet(
     while done.tre < budget_tre:
         epoch, index = divmod(done.steps, steps_per_epoch)
         rows = _batches(n, train.batch_size, seed, epoch)[index].to(device)
-        tree = sample_tree(random.Random(derive_seed(seed, "tree", done.steps)))
+        paths = sample(random.Random(derive_seed(seed, "tree", done.steps)))
         torch.manual_seed(derive_seed(seed, "step", done.steps))
         batch = split.subset(rows)
-        outputs = supernet.forward_tree(batch.x, tree)
+        outputs = supernet.forward_paths(batch.x, paths)
         losses = task_losses(_Heads(supernet), batch, outputs)
         if losses:
             total = torch.stack(list(losses.values())).sum()
@@ -221,7 +289,7 @@ def train_supernet(
             total.backward()
             optimizer.step()
         done.steps += 1
-        done.tre += (len(rows) / n) / train.epochs * tree_flops(tree, per_block, head) / hps_flops
+        done.tre += (len(rows) / n) / train.epochs * paths_flops(paths, per_block, head) / hps_flops
         done.seconds = time.perf_counter() - start
         if checkpoint is not None and done.steps % checkpoint_every == 0:
             checkpoint(done, optimizer)

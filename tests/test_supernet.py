@@ -22,8 +22,11 @@ from automtl.supernet import (
     Supernet,
     SupernetProgress,
     anchor,
+    path_sampler,
+    paths_flops,
     task_path,
     train_supernet,
+    tree_sampler,
 )
 from automtl.train import TrainConfig
 from automtl.tree import BranchTree
@@ -95,7 +98,7 @@ def test_a_trees_forward_equals_its_extracted_network(kind: str, make_config: Ca
 
 def _train(supernet: Supernet, data: MultiTaskData, space: SearchSpace, budget: float, **kw: object) -> tuple[SupernetProgress, torch.optim.Optimizer]:
     train = TrainConfig(epochs=2, batch_size=32, lr=3e-3, weight_decay=1e-4)
-    return train_supernet(supernet, data, space.random_tree, train, budget_tre=budget, hps_flops=400.0, seed=7, **kw)  # type: ignore[arg-type]
+    return train_supernet(supernet, data, tree_sampler(space.random_tree), train, budget_tre=budget, hps_flops=400.0, seed=7, **kw)  # type: ignore[arg-type]
 
 
 def test_training_resumed_from_a_checkpoint_reaches_the_same_weights(make_config: Callable[..., SearchConfig]) -> None:
@@ -135,7 +138,7 @@ def test_unsampled_copies_do_not_move(make_config: Callable[..., SearchConfig]) 
         return BranchTree.hard_sharing(TASKS, 3)
 
     train = TrainConfig(epochs=2, batch_size=32, lr=3e-3, weight_decay=1e-2)
-    train_supernet(supernet, data, hard_sharing, train, budget_tre=0.5, hps_flops=400.0, seed=0)
+    train_supernet(supernet, data, tree_sampler(hard_sharing), train, budget_tre=0.5, hps_flops=400.0, seed=0)
     after = supernet.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith(("copies.0.0.", "copies.1.0.", "copies.2.0.", "heads.")) for k in moved)
@@ -208,3 +211,34 @@ def test_supernet_strategy_search(make_config: Callable[..., SearchConfig]) -> N
     again = run_search(config, progress=False)  # resumed: nothing is trained again
     assert again.user_attrs["supernet_checkpoint"] == checkpoint and len(again.trials) == len(study.trials)
     assert isinstance(again.sampler, optuna.samplers.PartialFixedSampler)
+
+
+def test_paths_of_a_tree_compute_like_the_tree(make_config: Callable[..., SearchConfig]) -> None:
+    """The prefix tree of a tree's task paths is that tree: same outputs, same FLOPs."""
+    from automtl.supernet import block_flops, tree_flops
+
+    space = _space(make_config)
+    data = helpers.tiny_data()
+    backbone = create_backbone("mlp", data.input_shape, hidden=[16, 8, 8])
+    supernet = Supernet(backbone, data.tasks).eval()
+    per_block = block_flops(backbone, data.input_shape)
+    for tree in _trees(space, 20):
+        paths = {t: task_path(tree, t) for t in TASKS}
+        a, b = supernet.forward_paths(data.val.x, paths), supernet.forward_tree(data.val.x, tree)
+        assert all(torch.equal(a[t], b[t]) for t in TASKS)
+        assert paths_flops(paths, per_block, 5) == tree_flops(tree, per_block, 5)
+
+
+def test_path_sampling_draws_every_realizable_path(make_config: Callable[..., SearchConfig]) -> None:
+    space = _space(make_config)
+    sample = path_sampler(space.random_tree, draws=20_000)  # the rarest path has a chance of about 1/1250 per tree
+    rng = random.Random(0)
+    seen: dict[str, set[tuple[int, ...]]] = {t: set() for t in TASKS}
+    for _ in range(5000):
+        for task, path in sample(rng).items():
+            seen[task].add(path)
+    # task i's paths: non-decreasing anchors in [0, i], one per block (every split point is allowed here)
+    import math as _math
+
+    for i, task in enumerate(TASKS):
+        assert len(seen[task]) == _math.comb(i + 3, 3)
