@@ -50,7 +50,7 @@ def _auroc_1d(score: torch.Tensor, target: torch.Tensor) -> float:
     ranks = torch.empty_like(sorted_scores)
     ranks[order] = torch.arange(1, len(score) + 1, dtype=torch.float64, device=score.device)
     # average the ranks of tied scores
-    uniq, inverse, counts = torch.unique(sorted_scores, return_inverse=True, return_counts=True)
+    _uniq, inverse, counts = torch.unique(sorted_scores, return_inverse=True, return_counts=True)
     first = torch.cumsum(counts, 0) - counts + 1
     avg_rank = (first + (counts - 1) / 2.0).double()
     ranks[order] = avg_rank[inverse]

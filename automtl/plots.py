@@ -62,7 +62,7 @@ def plot_history(study: optuna.Study, path: str | os.PathLike[str]) -> Path:
     pruned = [
         t for t in study.get_trials(deepcopy=False, states=[TrialState.PRUNED]) if t.user_attrs.get("history")
     ]
-    fig, ax = plt.subplots()
+    _fig, ax = plt.subplots()
     ax.scatter([t.number for t in done], [t.values[0] for t in done], color="tab:blue", zorder=3, label="complete trial")
     if pruned:
         ax.scatter(

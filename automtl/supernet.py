@@ -50,10 +50,11 @@ from automtl.backbones import Backbone
 from automtl.build import BranchedNet
 from automtl.data import MultiTaskData
 from automtl.errors import NonFiniteLossError
+from automtl.losses import masked_loss
 from automtl.metrics import compute_metric
 from automtl.seeds import derive_seed
 from automtl.tasks import TaskSpec
-from automtl.train import OPTIMIZERS, TrainConfig, task_losses
+from automtl.train import OPTIMIZERS, TrainConfig
 from automtl.tree import BranchTree, Node
 
 __all__ = [
@@ -279,7 +280,11 @@ def train_supernet(
         torch.manual_seed(derive_seed(seed, "step", done.steps))
         batch = split.subset(rows)
         outputs = supernet.forward_paths(batch.x, paths)
-        losses = task_losses(_Heads(supernet), batch, outputs)
+        losses = {}
+        for task in supernet.tasks:
+            loss = masked_loss(task, outputs[task.name], batch.y[task.name], batch.mask[task.name])
+            if loss is not None:
+                losses[task.name] = loss
         if losses:
             total = torch.stack(list(losses.values())).sum()
             if not math.isfinite(float(total.detach())):
@@ -298,15 +303,17 @@ def train_supernet(
     return done, optimizer
 
 
-class _Heads:
-    """What :func:`automtl.train.task_losses` reads of a network: its tasks."""
-
-    def __init__(self, supernet: Supernet) -> None:
-        self.tasks = supernet.tasks
-
-
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The BatchNorm layers of ``module`` that keep running statistics."""
+    return [
+        m for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None
+    ]  # fmt: skip
+
+
+def _buffer(value: torch.Tensor | None) -> torch.Tensor:
+    assert value is not None  # _batchnorms keeps the layers with running statistics only
+    return value.clone()
 
 
 @contextmanager
@@ -314,8 +321,7 @@ def _recalibrated(module: nn.Module, calibration: torch.Tensor) -> Iterator[None
     """``module`` in eval mode with each BatchNorm's statistics those of ``calibration`` (exact
     averages over it); its own statistics are restored afterwards."""
     norms = _batchnorms(module)
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
-             for bn in norms if bn.running_mean is not None]  # fmt: skip
+    saved = [(_buffer(bn.running_mean), _buffer(bn.running_var), _buffer(bn.num_batches_tracked), bn.momentum) for bn in norms]
     was_training = module.training
     try:
         if norms:

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from automtl.affinity._base import AffinityMeter, shared_parameters, task_gradients
-from automtl.affinity._state import OptimizerSnapshot, TrainingStateGuard, dropout_off, has_active_dropout
+from automtl.affinity._state import (
+    OptimizerSnapshot,
+    TrainingStateGuard,
+    dropout_off,
+    has_active_dropout,
+)
 from automtl.build import BranchedNet
 from automtl.data import Split
 from automtl.train import task_losses

@@ -11,13 +11,16 @@ import torch
 from automtl.affinity._base import AffinityMeter, shared_parameters
 from automtl.affinity._cosine import GradientCosine
 from automtl.affinity._lookahead import LookaheadAffinity
-from automtl.affinity._representation import REPRESENTATION_MEASURES, representation_affinity
+from automtl.affinity._representation import (
+    REPRESENTATION_MEASURES,
+    representation_affinity,
+)
 from automtl.affinity._result import AffinityResult
 from automtl.balance import create_balancer
 from automtl.build import build_model
-from automtl.fixed import default_train_config
 from automtl.config import SearchConfig
 from automtl.experiment import Experiment, prepare
+from automtl.fixed import default_train_config
 from automtl.train import TrainConfig, fit, seed_everything
 from automtl.tree import BranchTree
 

@@ -85,7 +85,7 @@ class TrainingStateGuard:
         self.optimizer = optimizer
         self._rng: Any = None
 
-    def __enter__(self) -> TrainingStateGuard:
+    def __enter__(self) -> TrainingStateGuard:  # noqa: PYI034  (typing.Self needs Python 3.11; 3.10 is supported)
         net, opt = self.net, self.optimizer
         opt_params = [p for g in opt.param_groups for p in g["params"]]
         seen: set[int] = set()

@@ -332,7 +332,8 @@ def fashion_scenes(
         "item_plan": "scene_plan(n_train, n_val, n_test, empty_prob, seed) in automtl.data._fashion_scenes",
     }
     info["tasks_kept"] = list(kept)
-    return MultiTaskData("fashion_scenes", [specs[t] for t in kept], *(split_tensors(s) for s in SPLITS), (1, 28, 28), info)
+    train, val, test = (split_tensors(s) for s in SPLITS)
+    return MultiTaskData("fashion_scenes", [specs[t] for t in kept], train, val, test, (1, 28, 28), info)
 
 
 def _kept_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
