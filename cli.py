@@ -5,6 +5,7 @@
     automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D, trial, retrain_seeds=N)
     automtl plot [CONFIG] --out D    -> automtl.plots.plot_study(study, D)  (history.png, pareto.png)
     automtl evaluate D               -> automtl.evaluate_bundle(D, split)
+    automtl predict D IN --out OUT   -> automtl.inference.predict_file(D, IN, OUT)  (twin: automtl.predict(D, IN))
     automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
     automtl affinity CONFIG --out D  -> automtl.affinity.measure_affinity(config).save(D)
@@ -19,6 +20,11 @@ import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+_TRUST_HELP = (
+    "allow 'module:function' names in the config or bundle to be imported: this RUNS THEIR CODE; "
+    "use it only for files you trust"
+)
 
 
 def _add_study_args(p: argparse.ArgumentParser, *, config_optional: bool) -> None:
@@ -48,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restrict-to-affinity", action="store_true", help="with --seed-from-affinity: fix the task grouping to the affinity's best"
     )
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
     _add_study_args(p, config_optional=True)
@@ -63,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "--retrain-seeds", type=int, default=0, metavar="N", help="also retrain it on train with seeds 0..N-1; test mean ± std"
     )
     p.add_argument("--device", help="for --retrain-seeds: auto, cpu, cuda ...")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="comma-separated: safetensors (always), onnx, pt2; each checked against the eager model (max abs diff <= 1e-4)",
+    )
+    p.add_argument("--tasks", help="comma-separated: export only the subtree serving these tasks")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("plot", help="PNG pictures of a study: optimization history, Pareto front")
     _add_study_args(p, config_optional=True)
@@ -72,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="directory written by 'automtl export'")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
+
+    p = sub.add_parser("predict", help="predict on raw rows (.csv/.parquet) or arrays (.npy/.npz) with a bundle")
+    p.add_argument("bundle", help="directory written by 'automtl export'")
+    p.add_argument("input", help="raw rows (.csv or .parquet; label columns are ignored) or an array (.npy or .npz)")
+    p.add_argument("--out", required=True, help="output table, .csv or .parquet: one column per task")
+    p.add_argument("--proba", action="store_true", help="class probabilities instead of class labels")
+    p.add_argument("--tasks", help="comma-separated: predict only these tasks")
+    p.add_argument("--unseen", default="ignore", choices=["ignore", "error"],
+                   help="a category not seen in training: no category (as in training; counted), or an error")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=2048, help="samples per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("train", help="train one fixed design over seeds; validation and test metrics")
     p.add_argument("config", help="search YAML (data, backbone and training settings are used)")
@@ -82,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the learning rate (default: fixed value or middle of range)")
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--delta-m", action="store_true", help="also train (or reuse cached) single-task baselines; report Δm")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("affinity", help="measure inter-task affinity (CONFIG --out DIR) or show it (show DIR)")
     p.add_argument("config", help="search YAML to measure, or the word 'show'")
@@ -95,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the graph and the matrix (pip install 'automtl[plot]')")
     p.add_argument("--without-momentum", action="store_true", help="lookahead: each task's own part (momentum removed)")
     p.add_argument("--groups", type=int, default=0, help="also print the best grouping into at most N groups")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
     p.add_argument("what", choices=["balancers", "backbones", "datasets", "metrics", "losses"])
@@ -118,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     from automtl import report
 
     if args.command == "search":
-        config = automtl.load_config(args.config)
+        config = automtl.load_config(args.config, trust_code=args.trust_code)
         study = automtl.run_search(
             config,
             n_trials=args.n_trials,
@@ -138,10 +168,23 @@ def _run(args: argparse.Namespace) -> int:
         print(report.format_study(automtl.load_study(storage, name), top=args.top))
     elif args.command == "export":
         storage, name = _locate(args)
+        from automtl.deploy import format_deployment
+
         metrics = automtl.export_trial(
-            automtl.load_study(storage, name), storage, args.out, args.trial, retrain_seeds=args.retrain_seeds, device=args.device
+            automtl.load_study(storage, name),
+            storage,
+            args.out,
+            args.trial,
+            retrain_seeds=args.retrain_seeds,
+            device=args.device,
+            formats=args.format,
+            tasks=args.tasks.split(",") if args.tasks else None,
+            trust_code=args.trust_code,
         )
         print(report.format_export(metrics, args.out))
+        deployment = format_deployment(metrics)
+        if deployment:
+            print(deployment)
     elif args.command == "plot":
         from automtl.plots import plot_study
 
@@ -151,13 +194,15 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from automtl.export import jsonable
 
-        metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device)
+        metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device, trust_code=args.trust_code)
         print(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
+    elif args.command == "predict":
+        _predict(args)
     elif args.command == "train":
         from automtl.experiment import prepare
         from automtl.fixed import single_task_baseline, train_fixed
 
-        config = automtl.load_config(args.config)
+        config = automtl.load_config(args.config, trust_code=args.trust_code)
         experiment = prepare(config)
         result = train_fixed(
             experiment, args.arch, args.balancer, seeds=args.seeds, device=args.device, epochs=args.epochs, lr=args.lr
@@ -192,7 +237,7 @@ def _affinity(args: argparse.Namespace) -> None:
             raise ConfigError("--out", "measuring affinity needs --out DIR")
         tree = automtl.BranchTree.from_yaml(Path(args.tree).read_text()) if args.tree else None
         result = affinity.measure_affinity(
-            automtl.load_config(args.config),
+            automtl.load_config(args.config, trust_code=args.trust_code),
             measure=args.measure,
             every=args.every or affinity.DEFAULT_EVERY,
             warmup_epochs=args.warmup_epochs,
@@ -211,6 +256,35 @@ def _affinity(args: argparse.Namespace) -> None:
         print(f"picture: {affinity.plot_affinity(result, args.plot)}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from automtl.inference import predict_file
+
+    result = predict_file(
+        args.bundle,
+        args.input,
+        args.out,
+        proba=args.proba,
+        tasks=args.tasks,
+        batch_size=args.batch_size,
+        unseen=args.unseen,
+        device=args.device,
+        progress=False if args.no_progress else None,
+        trust_code=args.trust_code,
+    )
+    kind = "probabilities" if args.proba else "labels"
+    print(f"wrote {result.rows} row(s) of {kind} to {result.out}: columns {', '.join(result.columns)}")
+    if result.unseen:
+        counts = ", ".join(f"'{column}' {n}" for column, n in result.unseen.items())
+        print(f"categories not seen in training (encoded as no category, as in training), rows per column: {counts}")
+
+
+def _message(exc: BaseException) -> str:
+    """One line; the library's ``trust_code=True`` is this command line's ``--trust-code``."""
+    from automtl.errors import UntrustedCodeError
+
+    return " ".join(str(exc).split()).replace(UntrustedCodeError.HINT, "--trust-code")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``automtl`` console script; returns the exit status."""
     from automtl.errors import AutoMTLError
@@ -219,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except (AutoMTLError, LookupError, FileNotFoundError, ImportError, ValueError) as exc:
-        print(f"automtl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"automtl {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"automtl {args.command}: interrupted; finished trials are kept in the storage", file=sys.stderr)

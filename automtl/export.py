@@ -1,45 +1,47 @@
-"""A self-contained bundle of one architecture (spec + weights + metrics) and its loader.
+"""Export a searched trial as a bundle, and evaluate a bundle on its data set.
 
-Bundle layout (``DIR``):
-
-* ``tree.yaml``: the :class:`~automtl.tree.BranchTree`, with its drawing as a comment;
-* ``model.yaml``: backbone name and options, input shape, task descriptions;
-* ``weights.safetensors``: the network's state dict;
-* ``config.yaml``: the search configuration the trial came from;
-* ``candidate.yaml``: balancer, its hyperparameters, training hyperparameters;
-* ``metrics.json``: validation and test metrics, the trial, and which split selected it.
-
-:func:`load` needs only the bundle; :func:`evaluate_bundle` also rebuilds the data set from
-``config.yaml``.
+The bundle's files and their format are :mod:`automtl.bundle`'s (written and read there
+only); :func:`export_trial` chooses what goes in (the trial, its weights, an optional task
+subset and deployment formats) and reports its validation and test metrics;
+:func:`evaluate_bundle` rebuilds the data set from the bundle's ``config.yaml``.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import os
-import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-import yaml
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from automtl.backbones import create_backbone
-from automtl.build import BranchedNet, resolve_device
-from automtl.config import parse_config
+from automtl.build import BranchedNet, restrict_network
+from automtl.bundle import (
+    DEPLOY_FILES,
+    jsonable,
+    load,
+    read_bundle,
+    read_config,
+    staged,
+    write_bundle,
+    write_manifest,
+    write_metrics,
+)
+from automtl.cost import count_flops
+from automtl.data import SPLITS, Preprocess
+from automtl.deploy import parse_formats, write_deployment
+from automtl.errors import BundleError, ConfigError, DataError, RegistryError
 from automtl.experiment import prepare
-from automtl.fixed import single_task_baseline
+from automtl.fixed import single_task_baseline, train_fixed
 from automtl.metrics import DELTA_M_CONVENTION, METRICS, aggregate_score, delta_m
-from automtl.fixed import train_fixed
 from automtl.search import artifact_dir, baseline_dir, is_multi_objective, objective_names, pareto_front, study_config
 from automtl.space import Candidate
-from automtl.tasks import TaskSpec
 from automtl.train import evaluate
 from automtl.tree import BranchTree
 
@@ -70,6 +72,9 @@ def export_trial(
     *,
     retrain_seeds: int = 0,
     device: str | None = None,
+    formats: str | Sequence[str] = ("safetensors",),
+    tasks: Sequence[str] | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle of the best trial (or trial ``trial_number``) to ``out_dir``.
 
@@ -84,24 +89,134 @@ def export_trial(
     no choice is made among those seeds, and the bundle's weights stay the searched trial's.
     ``selection`` in ``metrics.json`` records which split decided what.
 
+    The bundle is written to a staging folder that becomes ``out_dir`` only when everything
+    succeeded (an earlier bundle there is replaced whole); see :mod:`automtl.bundle`.
+
+    Args:
+        study, storage_url: The study and the storage of its weights.
+        out_dir: The bundle folder.
+        trial_number: A trial to export instead of the best.
+        retrain_seeds: Also retrain the design with this many seeds (reported only).
+        device: For the retraining.
+        formats: ``safetensors`` (always written) plus any of ``onnx``, ``pt2``
+            (:mod:`automtl.deploy`); each is checked against the eager network on the
+            validation rows and the export fails above a max abs difference of 1e-4.
+        tasks: Export only the subtree that serves these tasks (with the trial's weights);
+            ``metrics.json`` then covers them only and compares its parameters and FLOPs with
+            the whole tree's (``subset``).
+        trust_code: Allow the study's configuration to import the ``module:function`` paths
+            it names (runs their code; see :mod:`automtl.registry`).
+
     Returns:
         The contents of ``metrics.json``.
 
     Raises:
         LookupError: No complete trial, or no trial of that number.
         FileNotFoundError: The trial's weights are missing from the artifact store.
-        ValueError: ``retrain_seeds < 0``.
+        ValueError: ``retrain_seeds < 0``, an unknown format or task.
+        BundleError: ``out_dir`` is a file, or a folder with other files.
+        ParityError: An exported format differs from the eager network beyond the tolerance.
     """
     if retrain_seeds < 0:
         raise ValueError(f"retrain_seeds must be >= 0, got {retrain_seeds}")
+    formats = parse_formats(formats)
     trial = _pick_trial(study, trial_number)
-    config = study_config(study)
+    config = dataclasses.replace(study_config(study), trust_code=trust_code)
     experiment = prepare(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     candidate = trial.user_attrs["candidate"]
     tree = BranchTree.from_dict(candidate["tree"])
+    if tasks is not None:
+        tree.restrict(tasks)  # a bad task list fails here, before anything is written
     store = FileSystemArtifactStore(str(artifact_dir(storage_url)))
+    with staged(out_dir) as staging:
+        full = BranchedNet(tree, experiment.backbone, experiment.data.tasks)
+        full.load_state_dict(_trial_weights(store, trial, storage_url))
+        net = full if tasks is None else restrict_network(full, experiment.backbone, tasks)
+        data = experiment.data
+        preprocess = data.preprocess or Preprocess.for_arrays(data.tasks, data.input_shape)
+        write_bundle(
+            staging, out_dir, net, backbone=config.backbone, backbone_options=config.backbone_options,
+            block_names=list(experiment.backbone.block_names), preprocess=preprocess,
+            config={"name": config.name, **config.raw}, candidate=candidate,
+        )  # fmt: skip
+        write_manifest(staging, [t.name for t in net.tasks])
+        # the same code path as `automtl evaluate`, on the data already loaded for this export
+        net = load(staging, "cpu", trust_code=trust_code)
+        val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
+        tasks_out = net.tasks
+        extra: dict[str, Any] = {}
+        baseline = None
+        if config.objective == "delta_m":
+            baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), device or config.device)
+            extra = {
+                "delta_m_convention": DELTA_M_CONVENTION,
+                "val_delta_m": delta_m(val, baseline["val"], tasks_out),
+                "test_delta_m": delta_m(test, baseline["test"], tasks_out),
+                "baseline": baseline,
+            }
+        selection = {
+            "architecture": f"trial {trial.number}, chosen on the validation split by the search objective(s)",
+            "weights": "the trial's own training run on the train split (last epoch); nothing chosen on test",
+            "test": "read once, after selection, for this report",
+        }
+        if retrain_seeds:
+            chosen = Candidate.from_dict(candidate)
+            result = train_fixed(
+                experiment,
+                chosen.tree,
+                chosen.balancer,
+                chosen.balancer_params,
+                seeds=retrain_seeds,
+                device=device or config.device,
+                train=chosen.train,
+            )
+            extra["retrain"] = result.summary(tasks_out, baseline)
+            selection["retrain"] = (
+                f"the same architecture and hyperparameters trained anew on the train split with seeds "
+                f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
+            )
+        if tasks is not None:
+            extra["subset"] = {
+                "tasks": [t.name for t in tasks_out],
+                "of": list(tree.tasks),
+                "n_params": net.num_parameters(),
+                "n_params_full": full.num_parameters(),
+                "flops": count_flops(net, data.input_shape),
+                "flops_full": count_flops(full, data.input_shape),
+            }
+        deployed = [f for f in formats if f in DEPLOY_FILES]
+        if deployed:
+            extra["deployment"] = write_deployment(staging, net, deployed, data.val.x, DEPLOY_FILES)
+        on_front = trial.number in {t.number for t in pareto_front(study)}
+        metrics = {
+            "study": study.study_name,
+            "trial": trial.number,
+            "selected_on": "val",
+            "selection": selection,
+            "objective": study.user_attrs.get("objective", config.objective),
+            "search_values": dict(zip(objective_names(study), trial.values)),
+            "multi_objective": is_multi_objective(study),
+            "pareto_front": on_front,
+            "cost": trial.user_attrs.get("cost", {}),
+            "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks_out},
+            "val": val,
+            "val_score": aggregate_score(val, tasks_out),
+            "test": test,
+            "test_score": aggregate_score(test, tasks_out),
+            "n_params": trial.user_attrs.get("n_params"),
+            **extra,
+        }
+        write_metrics(staging, metrics)
+        write_manifest(staging, [t.name for t in tasks_out], deployed=deployed, subset_of=None if tasks is None else tree.tasks)
+    return metrics
+
+
+def _trial_weights(store: FileSystemArtifactStore, trial: optuna.trial.FrozenTrial, storage_url: str) -> dict[str, torch.Tensor]:
+    """The state dict a trial saved in the study's artifact store.
+
+    Raises:
+        FileNotFoundError: It is not there.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = os.path.join(tmp, "weights.safetensors")
         try:
@@ -110,121 +225,40 @@ def export_trial(
             raise FileNotFoundError(
                 f"weights of trial {trial.number} not found in {artifact_dir(storage_url)}: {exc}"
             ) from exc
-        shutil.copyfile(tmp_file, out / "weights.safetensors")
-    block_names = list(experiment.backbone.block_names)
-    (out / "tree.yaml").write_text(
-        "".join(f"# {line}\n" for line in tree.render(block_names).splitlines()) + tree.to_yaml()
-    )
-    model_spec = {
-        "backbone": config.backbone,
-        "backbone_options": config.backbone_options,
-        "input_shape": list(experiment.data.input_shape),
-        "tasks": [t.to_dict() for t in experiment.data.tasks],
-    }
-    (out / "model.yaml").write_text(yaml.safe_dump(model_spec, sort_keys=False))
-    (out / "config.yaml").write_text(yaml.safe_dump({"name": config.name, **config.raw}, sort_keys=False))
-    (out / "candidate.yaml").write_text(
-        yaml.safe_dump({k: v for k, v in candidate.items() if k != "tree"}, sort_keys=False)
-    )
-    # the same code path as `automtl evaluate`, on the data already loaded for this export
-    net = load(out, "cpu")
-    val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
-    tasks = experiment.data.tasks
-    extra: dict[str, Any] = {}
-    baseline = None
-    if config.objective == "delta_m":
-        baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), device or config.device)
-        extra = {
-            "delta_m_convention": DELTA_M_CONVENTION,
-            "val_delta_m": delta_m(val, baseline["val"], tasks),
-            "test_delta_m": delta_m(test, baseline["test"], tasks),
-            "baseline": baseline,
-        }
-    selection = {
-        "architecture": f"trial {trial.number}, chosen on the validation split by the search objective(s)",
-        "weights": "the trial's own training run on the train split (last epoch); nothing chosen on test",
-        "test": "read once, after selection, for this report",
-    }
-    if retrain_seeds:
-        chosen = Candidate.from_dict(candidate)
-        result = train_fixed(
-            experiment,
-            chosen.tree,
-            chosen.balancer,
-            chosen.balancer_params,
-            seeds=retrain_seeds,
-            device=device or config.device,
-            train=chosen.train,
-        )
-        extra["retrain"] = result.summary(tasks, baseline)
-        selection["retrain"] = (
-            f"the same architecture and hyperparameters trained anew on the train split with seeds "
-            f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
-        )
-    on_front = trial.number in {t.number for t in pareto_front(study)}
-    metrics = {
-        "study": study.study_name,
-        "trial": trial.number,
-        "selected_on": "val",
-        "selection": selection,
-        "objective": study.user_attrs.get("objective", config.objective),
-        "search_values": dict(zip(objective_names(study), trial.values)),
-        "multi_objective": is_multi_objective(study),
-        "pareto_front": on_front,
-        "cost": trial.user_attrs.get("cost", {}),
-        "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
-        "val": val,
-        "val_score": aggregate_score(val, tasks),
-        "test": test,
-        "test_score": aggregate_score(test, tasks),
-        "n_params": trial.user_attrs.get("n_params"),
-        **extra,
-    }
-    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
-    return metrics
+        return load_file(tmp_file)
 
 
-def jsonable(x: Any) -> Any:
-    """``x`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [jsonable(v) for v in x]
-    return x
-
-
-def load(bundle: str | os.PathLike[str], device: str | torch.device | None = "cpu") -> BranchedNet:
-    """Load an exported bundle as a :class:`~automtl.build.BranchedNet` in eval mode.
-
-    Its ``forward(x)`` takes ``[N, *input_shape]`` and returns ``{task: output}`` (logits, or
-    standardized regression values); :meth:`BranchedNet.predict` gives probabilities and
-    regression values in their original unit.
-
-    Raises:
-        FileNotFoundError: A bundle file is missing.
-    """
-    path = Path(bundle)
-    for name in ("tree.yaml", "model.yaml", "weights.safetensors"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} is missing; is {path} an automtl export?")
-    spec = yaml.safe_load((path / "model.yaml").read_text())
-    tasks = [TaskSpec.from_dict(t) for t in spec["tasks"]]
-    tree = BranchTree.from_yaml((path / "tree.yaml").read_text())
-    backbone = create_backbone(spec["backbone"], spec["input_shape"], **(spec.get("backbone_options") or {}))
-    net = BranchedNet(tree, backbone, tasks)
-    net.load_state_dict(load_file(str(path / "weights.safetensors")))
-    return net.to(resolve_device(device)).eval()
-
-
-def evaluate_bundle(bundle: str | os.PathLike[str], split: str = "test", device: str | None = "cpu") -> dict[str, float]:
+def evaluate_bundle(
+    bundle: str | os.PathLike[str], split: str = "test", device: str | None = "cpu", *, trust_code: bool = False
+) -> dict[str, float]:
     """Per-task metrics of an exported model on a split of the data set in its ``config.yaml``.
+
+    A relative data path in ``config.yaml`` is relative to the bundle folder.
+
+    Args:
+        bundle: The bundle folder.
+        split: ``train``, ``val`` or ``test``.
+        device: Where to run the network.
+        trust_code: Allow the ``module:function`` paths the bundle names (backbone, metrics,
+            data set...) to be imported, which runs their code (see :mod:`automtl.registry`).
 
     Raises:
         FileNotFoundError: A bundle file is missing.
         ValueError: Unknown split.
+        BundleError: A malformed bundle, an import path without ``trust_code``, or a data set
+            that cannot be rebuilt (the file and key are named).
     """
-    net = load(bundle, device)  # first: it says clearly when the folder is no bundle
-    experiment = prepare(parse_config(yaml.safe_load((Path(bundle) / "config.yaml").read_text())))
-    return evaluate(net, experiment.data.split(split), net.tasks)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
+    opened = read_bundle(bundle, device, trust_code=trust_code)  # first: it says clearly when the folder is no bundle
+    for task in opened.tasks:
+        try:
+            METRICS.get(task.metric, trust_code=trust_code)
+        except RegistryError as exc:
+            raise BundleError(f"{opened.path / 'model.yaml'}: task '{task.name}': {exc}") from exc
+    config = read_config(bundle, trust_code=trust_code)
+    try:
+        experiment = prepare(config)
+    except (ConfigError, DataError) as exc:
+        raise BundleError(f"{Path(bundle) / 'config.yaml'}: {exc}") from exc
+    return evaluate(opened.net, experiment.data.split(split), opened.net.tasks)

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic multi-task data set and tiny search configurations.
 
 The data set is reached through the ``tests.helpers:tiny_data`` import path (no registry entry,
-so the data-set conformance suite does not see it); every storage lives under ``tmp_path``.
+so the data-set conformance suite does not see it), so every tiny config is parsed with
+``trust_code=True``; every storage lives under ``tmp_path``. Import paths trusted by one test
+are forgotten before the next, so each test states the trust it needs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import pytest
 import torch
 import yaml
 
-from automtl.backbones import Backbone, create_backbone
+from automtl.backbones import BACKBONES, Backbone, create_backbone
+from automtl.balance import BALANCERS
 from automtl.config import SearchConfig, parse_config
-from automtl.data import MultiTaskData
+from automtl.data import DATASETS, MultiTaskData
+from automtl.losses import LOSSES
+from automtl.metrics import METRICS
 from tests import helpers
 
 # The tests train networks of a few hundred parameters: one intra-op thread is faster than
@@ -50,6 +55,17 @@ def tiny_raw(storage_dir: Path) -> dict[str, Any]:
         },
         "device": "cpu",
     }
+
+
+@pytest.fixture(autouse=True)
+def _forget_trusted_imports() -> Iterator[None]:
+    """Each test trusts the import paths it uses itself, not those an earlier test trusted."""
+    registries = (BACKBONES, BALANCERS, DATASETS, LOSSES, METRICS)
+    for registry in registries:
+        registry.forget_imports()
+    yield
+    for registry in registries:
+        registry.forget_imports()
 
 
 DELETE = object()  # with set_key: remove the key
@@ -91,7 +107,7 @@ def make_config(tmp_path: Path) -> Callable[..., SearchConfig]:
         raw = tiny_raw(tmp_path)
         for key, value in (changes or {}).items():
             set_key(raw, key, copy.deepcopy(value))
-        return parse_config(raw)
+        return parse_config(raw, trust_code=True)
 
     return make
 
@@ -122,5 +138,5 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, An
     """One finished 3-trial search shared by the export and report tests: ``(config, study)``."""
     from automtl.search import run_search
 
-    config = parse_config(set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 3))
+    config = parse_config(set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 3), trust_code=True)
     return config, run_search(config, progress=False)

@@ -22,7 +22,7 @@ from tests.conftest import DELETE, TINY_DATA, set_key, tiny_raw
 
 def validate(raw: dict[str, Any]) -> SearchSpace:
     """What ``run_search`` checks before its first trial: parse, prepare, build the space."""
-    config = parse_config(raw)
+    config = parse_config(raw, trust_code=True)
     experiment = prepare(config)
     return SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
 

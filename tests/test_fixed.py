@@ -90,8 +90,8 @@ def test_cli_train(config_file: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load(config_file.read_text())
     raw["train"]["epochs"] = 1
     config_file.write_text(yaml.safe_dump(raw))
-    code, out, err = run("train", str(config_file), "--arch", "hps", "--seeds", "2", "--delta-m")
+    code, out, err = run("train", str(config_file), "--arch", "hps", "--seeds", "2", "--delta-m", "--trust-code")
     assert code == 0, err
     assert "2 seed(s); mean ± std over seeds" in out and "(delta_m %)" in out and "Δm = (100/T)" in out
-    code, _, err = run("train", str(config_file), "--arch", "nowhere.yaml")
+    code, _, err = run("train", str(config_file), "--arch", "nowhere.yaml", "--trust-code")
     assert code == 2 and "expected hps, single or a tree YAML" in err

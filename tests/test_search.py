@@ -101,7 +101,7 @@ def test_study_with_another_space_is_refused(
     searched: tuple[SearchConfig, optuna.Study], dotted: str, value: Any, key: str
 ) -> None:
     config, _ = searched
-    changed = parse_config(_changed(config.raw, dotted, value))
+    changed = parse_config(_changed(config.raw, dotted, value), trust_code=True)
     with pytest.raises(ConfigError) as exc:
         run_search(changed, progress=False)
     assert exc.value.key == key and f"'{key}'" in str(exc.value) and "tiny" in str(exc.value)
@@ -113,7 +113,7 @@ def test_other_settings_may_change_on_resume(searched: tuple[SearchConfig, optun
     raw = _changed(config.raw, "search.sampler", "tpe")
     raw = _changed(raw, "search.pruner", "median")
     raw = _changed(raw, "search.seed", 5)
-    study = run_search(parse_config(raw), progress=False)  # 3 trials already: returns at once
+    study = run_search(parse_config(raw, trust_code=True), progress=False)  # 3 trials already: returns at once
     assert len(study.trials) == 3
 
 
@@ -129,7 +129,7 @@ EQUIVALENT = [
 @pytest.mark.parametrize(("dotted", "value"), EQUIVALENT, ids=[e[0] for e in EQUIVALENT])
 def test_an_equivalent_config_resumes(searched: tuple[SearchConfig, optuna.Study], dotted: str, value: Any) -> None:
     config, _ = searched
-    study = run_search(parse_config(_changed(config.raw, dotted, value)), progress=False)
+    study = run_search(parse_config(_changed(config.raw, dotted, value), trust_code=True), progress=False)
     assert len(study.trials) == 3
 
 
@@ -161,7 +161,7 @@ def test_echo_prints_per_task_metrics(searched: tuple[SearchConfig, optuna.Study
     config, _ = searched
     lines: list[str] = []
     raw = _changed(config.raw, "search.storage", f"sqlite:///{tmp_path / 'echo.db'}")
-    run_search(parse_config(_changed(raw, "train.epochs", 1)), n_trials=1, progress=False, echo=lines.append)
+    run_search(parse_config(_changed(raw, "train.epochs", 1), trust_code=True), n_trials=1, progress=False, echo=lines.append)
     assert len(lines) == 2
     assert lines[0].startswith("single-task baselines for delta_m: trained once")
     assert lines[1].startswith("trial   0 complete delta_m=")

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from automtl.data._base import DATASETS, SPLITS, MultiTaskData, Split, load_dataset, register_dataset
+from automtl.data._preprocess import ArrayInput, Preprocess, TableInput, TargetLabels
 
 # Importing the modules registers their data sets.
 from automtl.data import _csv, _fashion_scenes, _star  # noqa: E402,F401  isort: skip
 
-__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "load_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "ArrayInput",
+    "MultiTaskData",
+    "Preprocess",
+    "Split",
+    "TableInput",
+    "TargetLabels",
+    "load_dataset",
+    "register_dataset",
+]

@@ -5,6 +5,7 @@ The IDX files are read from disk, never downloaded; see :func:`find_fashion_mnis
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from automtl.data._base import SPLITS, MultiTaskData, Split, register_dataset
+from automtl.data._preprocess import Preprocess, TargetLabels
 from automtl.errors import DataError
 from automtl.tasks import TaskSpec
 
@@ -322,5 +324,15 @@ def fashion_scenes(
         "count_unit": "items per scene (0-4)",
         "item_plan": "scene_plan(n_train, n_val, n_test, empty_prob, seed) in automtl.data._fashion_scenes",
     }
-    return MultiTaskData("fashion_scenes", tasks, *(split_tensors(s) for s in SPLITS), (1, 28, 28), info)
+    scene_input = Preprocess.for_arrays(
+        tasks, (1, 2 * _SIDE, 2 * _SIDE), low=0.0, high=1.0,
+        description="a 28x28 scene (one channel): a 2x2 mosaic of Fashion-MNIST items, each average-pooled 2x2 to "
+        "14x14; pixel values in [0, 1] (byte / 255)",
+    )  # fmt: skip
+    preprocess = dataclasses.replace(
+        scene_input, targets={**scene_input.targets, "count": TargetLabels("regression", unit="items per scene (0-4)")}
+    )
+    return MultiTaskData(
+        "fashion_scenes", tasks, *(split_tensors(s) for s in SPLITS), (1, 28, 28), info, preprocess
+    )
 
