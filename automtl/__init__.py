@@ -17,11 +17,11 @@ Loading runs no code: a ``module:function`` name in a bundle or a config is impo
 
 from __future__ import annotations
 
-from automtl.balance import BALANCERS, Balancer, create_balancer
 from automtl.backbones import BACKBONES, Backbone, create_backbone
+from automtl.balance import BALANCERS, Balancer, create_balancer
 from automtl.build import BranchedNet, build_model
-from automtl.config import SearchConfig, load_config, parse_config
 from automtl.bundle import FORMAT_VERSION, load
+from automtl.config import SearchConfig, load_config, parse_config
 from automtl.data import DATASETS, MultiTaskData, Preprocess, load_dataset
 from automtl.errors import (
     AutoMTLError,

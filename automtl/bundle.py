@@ -52,7 +52,9 @@ from automtl.backbones import BACKBONES, Backbone, create_backbone
 from automtl.build import BranchedNet, resolve_device
 from automtl.config import SearchConfig, parse_config
 from automtl.data import ArrayInput, Preprocess
-from automtl.errors import BundleError, DataError, RegistryError
+from automtl.errors import BundleError, ConfigError, DataError, RegistryError
+from automtl.experiment import Experiment, prepare
+from automtl.metrics import METRICS
 from automtl.tasks import TaskSpec
 from automtl.tree import BranchTree
 
@@ -64,10 +66,12 @@ __all__ = [
     "jsonable",
     "load",
     "load_program",
+    "prepare_data",
     "read_bundle",
     "read_config",
     "staged",
     "write_bundle",
+    "write_formats",
     "write_manifest",
     "write_metrics",
 ]
@@ -212,6 +216,14 @@ def net_input_shape(preprocess: Preprocess) -> tuple[int, ...]:
     return source.shape if isinstance(source, ArrayInput) else (source.n_features,)
 
 
+def write_formats(staging: Path, net: BranchedNet, formats: Sequence[str], held_out: torch.Tensor) -> dict[str, Any]:
+    """Write the deployment files of ``formats`` (``onnx``, ``pt2``; others skipped), each checked
+    against ``net`` on ``held_out`` (:func:`automtl.deploy.write_deployment`)."""
+    from automtl.deploy import write_deployment
+
+    return write_deployment(staging, net, [f for f in formats if f in DEPLOY_FILES], held_out, DEPLOY_FILES)
+
+
 def write_metrics(staging: Path, metrics: Mapping[str, Any]) -> None:
     """``metrics.json`` (non-finite values as ``null``)."""
     (staging / METRICS_FILE).write_text(json.dumps(jsonable(dict(metrics)), indent=2, allow_nan=False))
@@ -262,6 +274,18 @@ class Bundle:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.backbone.input_shape)
+
+    def resolve_metrics(self, *, trust_code: bool = False) -> None:
+        """Check that every task's metric resolves (evaluation calls them).
+
+        Raises:
+            BundleError: A metric that is an import path without ``trust_code``, or unknown.
+        """
+        for task in self.tasks:
+            try:
+                METRICS.get(task.metric, trust_code=trust_code)
+            except RegistryError as exc:
+                raise BundleError(f"{self.path / MODEL}: task '{task.name}': {_one_line(exc)}") from exc
 
     def deployment_file(self, fmt: str) -> Path:
         """The file of deployment format ``fmt`` (``onnx``, ``pt2``).
@@ -466,6 +490,20 @@ def read_config(bundle: str | os.PathLike[str], *, trust_code: bool = False) -> 
         return parse_config(raw, str(file), trust_code=trust_code)
     except ValueError as exc:
         raise BundleError(f"{file}: {_one_line(exc)}") from exc
+
+
+def prepare_data(bundle: str | os.PathLike[str], *, trust_code: bool = False) -> Experiment:
+    """The data set (and backbone) of the bundle's ``config.yaml``, loaded.
+
+    Raises:
+        BundleError: The configuration or its data set cannot be loaded (``config.yaml`` and the
+            key are named).
+    """
+    config = read_config(bundle, trust_code=trust_code)
+    try:
+        return prepare(config)
+    except (ConfigError, DataError) as exc:
+        raise BundleError(f"{Path(bundle) / CONFIG}: {_one_line(exc)}") from exc
 
 
 def load_program(bundle: str | os.PathLike[str], *, trust_code: bool = False) -> Any:

@@ -87,7 +87,7 @@ def parse_param(value: Any, key: str, *, positive: bool = False, mapping_value: 
     if isinstance(value, Mapping):
         unknown = set(value) - {"low", "high", "log"}
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key; a range takes low, high, log")
+            raise ConfigError(f"{key}.{min(unknown)}", "unknown key; a range takes low, high, log")
         for bound in ("low", "high"):
             if bound not in value:
                 raise ConfigError(f"{key}.{bound}", "missing; a range needs low and high")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from automtl.backbones import Backbone, create_backbone
 from automtl.balance import BALANCERS
@@ -49,13 +50,13 @@ def prepare(config: SearchConfig) -> Experiment:
                 BALANCERS.get(name, trust_code=trust)
             except RegistryError as exc:
                 raise ConfigError(f"space.balancers.{name}", str(exc)) from exc
-    for task, ov in config.task_overrides.items():
+    for name, named in config.task_overrides.items():
         for kind, registry in (("loss", LOSSES), ("metric", METRICS)):
-            if kind in ov:
+            if kind in named:
                 try:
-                    registry.get(ov[kind], trust_code=trust)
+                    registry.get(named[kind], trust_code=trust)
                 except RegistryError as exc:
-                    raise ConfigError(f"tasks.{task}.{kind}", str(exc)) from exc
+                    raise ConfigError(f"tasks.{name}.{kind}", str(exc)) from exc
     try:
         data = load_dataset(config.data, config.data_options, trust_code=trust)
     except RegistryError as exc:
@@ -68,7 +69,7 @@ def prepare(config: SearchConfig) -> Experiment:
         raise ConfigError(f"tasks.{unknown[0]}", f"no such task in data set '{data.name}'; tasks are {names}")
     tasks = []
     for task in data.tasks:
-        ov = config.task_overrides.get(task.name, {})
+        ov: dict[str, Any] = config.task_overrides.get(task.name, {})
         task = dataclasses.replace(task, **ov) if ov else task
         for kind, registry in (("loss", LOSSES), ("metric", METRICS)):
             if kind not in ov:  # the data set's own choice (e.g. a CSV target's ``loss`` option)

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,24 +22,30 @@ from safetensors.torch import load_file
 
 from automtl.build import BranchedNet, restrict_network
 from automtl.bundle import (
-    DEPLOY_FILES,
     jsonable,
     load,
+    prepare_data,
     read_bundle,
-    read_config,
     staged,
     write_bundle,
+    write_formats,
     write_manifest,
     write_metrics,
 )
 from automtl.cost import count_flops
 from automtl.data import SPLITS, Preprocess
-from automtl.deploy import parse_formats, write_deployment
-from automtl.errors import BundleError, ConfigError, DataError, RegistryError
+from automtl.deploy import parse_formats
 from automtl.experiment import prepare
 from automtl.fixed import single_task_baseline, train_fixed
 from automtl.metrics import DELTA_M_CONVENTION, METRICS, aggregate_score, delta_m
-from automtl.search import artifact_dir, baseline_dir, is_multi_objective, objective_names, pareto_front, study_config
+from automtl.search import (
+    artifact_dir,
+    baseline_dir,
+    is_multi_objective,
+    objective_names,
+    pareto_front,
+    study_config,
+)
 from automtl.space import Candidate
 from automtl.train import evaluate
 from automtl.tree import BranchTree
@@ -184,9 +189,9 @@ def export_trial(
                 "flops": count_flops(net, data.input_shape),
                 "flops_full": count_flops(full, data.input_shape),
             }
-        deployed = [f for f in formats if f in DEPLOY_FILES]
+        deployed = [f for f in formats if f != "safetensors"]
         if deployed:
-            extra["deployment"] = write_deployment(staging, net, deployed, data.val.x, DEPLOY_FILES)
+            extra["deployment"] = write_formats(staging, net, deployed, data.val.x)
         on_front = trial.number in {t.number for t in pareto_front(study)}
         metrics = {
             "study": study.study_name,
@@ -251,14 +256,6 @@ def evaluate_bundle(
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
     opened = read_bundle(bundle, device, trust_code=trust_code)  # first: it says clearly when the folder is no bundle
-    for task in opened.tasks:
-        try:
-            METRICS.get(task.metric, trust_code=trust_code)
-        except RegistryError as exc:
-            raise BundleError(f"{opened.path / 'model.yaml'}: task '{task.name}': {exc}") from exc
-    config = read_config(bundle, trust_code=trust_code)
-    try:
-        experiment = prepare(config)
-    except (ConfigError, DataError) as exc:
-        raise BundleError(f"{Path(bundle) / 'config.yaml'}: {exc}") from exc
+    opened.resolve_metrics(trust_code=trust_code)
+    experiment = prepare_data(bundle, trust_code=trust_code)
     return evaluate(opened.net, experiment.data.split(split), opened.net.tasks)

@@ -144,8 +144,8 @@ def _suffix(path: Path) -> str:
 
 def _table_chunks(source: TableInput, data: Any, chunk_rows: int, name: str) -> tuple[Iterator[pd.DataFrame], int | None]:
     """Raw rows in chunks, and the row count where it is known without reading everything."""
-    pd = require("pandas")
-    if isinstance(data, pd.DataFrame):
+    pandas = require("pandas")
+    if isinstance(data, pandas.DataFrame):
         return (data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)), len(data)
     path = Path(data)
     if _suffix(path) == ".parquet":
@@ -162,7 +162,7 @@ def _table_chunks(source: TableInput, data: Any, chunk_rows: int, name: str) -> 
         batches = file.iter_batches(batch_size=chunk_rows, columns=source.columns)
         return (b.to_pandas() for b in batches), file.metadata.num_rows
     try:
-        header = pd.read_csv(path, nrows=0).columns
+        header = pandas.read_csv(path, nrows=0).columns
     except (ValueError, OSError) as exc:  # pandas' EmptyDataError is a ValueError
         raise DataError(f"{name}: cannot read it as CSV: {' '.join(str(exc).split())}") from exc
     absent = [c for c in source.columns if c not in header]
@@ -172,7 +172,7 @@ def _table_chunks(source: TableInput, data: Any, chunk_rows: int, name: str) -> 
 
     def chunks() -> Iterator[pd.DataFrame]:
         try:
-            yield from pd.read_csv(path, usecols=source.columns, dtype=dtypes, chunksize=chunk_rows)
+            yield from pandas.read_csv(path, usecols=source.columns, dtype=dtypes, chunksize=chunk_rows)
         except ValueError as exc:  # ParserError: a malformed line (pandas names it)
             if isinstance(exc, DataError):
                 raise
@@ -224,8 +224,8 @@ def _feature_chunks(
         if not path.is_file():
             raise FileNotFoundError(f"input {path} does not exist")
     if isinstance(source, TableInput):
-        pd = require("pandas")
-        if not isinstance(data, (str, os.PathLike, pd.DataFrame)):
+        pandas = require("pandas")
+        if not isinstance(data, (str, os.PathLike, pandas.DataFrame)):
             raise DataError(f"{name}: bundle {opened.path} takes {_describe_input(opened)} or a DataFrame")
         frames, total = _table_chunks(source, data, chunk_rows, name)
 
@@ -237,7 +237,7 @@ def _feature_chunks(
 
         return encoded(), total
     assert isinstance(source, ArrayInput)
-    if isinstance(data, (np.ndarray, torch.Tensor)) or isinstance(data, (str, os.PathLike)):
+    if isinstance(data, (np.ndarray, torch.Tensor, str, os.PathLike)):
         array = _array(data, name)
     else:
         raise DataError(f"{name}: bundle {opened.path} takes {_describe_input(opened)}")

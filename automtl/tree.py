@@ -55,7 +55,7 @@ class BranchTree:
             cover every task exactly once, or a partition does not refine the one before.
     """
 
-    __slots__ = ("_tasks", "_partitions", "_order")
+    __slots__ = ("_order", "_partitions", "_tasks")
 
     def __init__(self, tasks: Sequence[str], partitions: Iterable[Iterable[Iterable[str]]]) -> None:
         tasks = tuple(tasks)
@@ -289,8 +289,8 @@ class BranchTree:
         Raises:
             ValueError: If keys are missing or the partitions are invalid.
         """
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a BranchTree mapping needs the keys 'tasks' and 'partitions', got {type(d).__name__}")
+        if not isinstance(d, Mapping):  # malformed file content: a ValueError, as every other case here
+            raise ValueError(f"a BranchTree mapping needs the keys 'tasks' and 'partitions', got {type(d).__name__}")  # noqa: TRY004
         try:
             return cls(d["tasks"], d["partitions"])
         except KeyError as exc:

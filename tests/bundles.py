@@ -34,9 +34,9 @@ def export_small(
     raw: Mapping[str, Any], folder: Path, *, source: str | None = None, formats: str = "safetensors", tasks: Sequence[str] | None = None
 ) -> Path:
     """Search ``raw`` for one trial (storage in ``folder``), export the best to ``folder/bundle``."""
-    raw = copy.deepcopy(dict(raw))
-    raw.setdefault("search", {}).update(n_trials=1, objective="mean_score", storage=f"sqlite:///{folder / 'study.db'}")
-    config = parse_config(raw, source)
+    config_raw: dict[str, Any] = copy.deepcopy(dict(raw))
+    config_raw.setdefault("search", {}).update(n_trials=1, objective="mean_score", storage=f"sqlite:///{folder / 'study.db'}")
+    config = parse_config(config_raw, source)
     study = run_search(config, progress=False)
     out = folder / "bundle"
     export_trial(study, config.storage, out, formats=formats, tasks=tasks)

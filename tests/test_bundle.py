@@ -157,7 +157,7 @@ def _set_version(path: Path) -> None:
     path.write_text(json.dumps(manifest))
 
 
-CORRUPT: dict[str, tuple[Callable[[Path], None], str]] = {
+CORRUPT: dict[str, tuple[Callable[[Path], object], str]] = {
     "truncated weights": (lambda b: _truncate(b / "weights.safetensors"), "weights.safetensors: cannot read it"),
     "empty weights": (lambda b: (b / "weights.safetensors").write_bytes(b""), "weights.safetensors: cannot read it"),
     "invalid model YAML": (lambda b: (b / "model.yaml").write_text("backbone: [mlp\n"), "model.yaml: invalid YAML"),

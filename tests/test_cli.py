@@ -176,16 +176,16 @@ def test_evaluate_prints_valid_json_for_a_nan_metric(tmp_path: Path) -> None:
 def test_affinity_measure_show_and_seed(searched_cli: dict[str, Any]) -> None:
     tmp, config = searched_cli["tmp"], str(searched_cli["config"])
     out_dir = tmp / "affinity"
-    code, out, err = run("affinity", config, "--measure", "cosine", "--every", "1", "--out", str(out_dir), "--trust-code")
+    code, _, err = run("affinity", config, "--measure", "cosine", "--every", "1", "--out", str(out_dir), "--trust-code")
     assert code == 0, err
     assert all((out_dir / f"affinity.{ext}").is_file() for ext in ("json", "graphml", "dot"))
     code, shown, err = run("affinity", "show", str(out_dir), "--groups", "2")
     assert code == 0, err
     assert "best grouping into at most 2 groups" in shown and all(t in shown for t in ("a", "b", "c", "d"))
     storage = f"sqlite:///{tmp / 'seeded.db'}"
-    code, out, err = run(
+    code, _, err = run(
         "search", config, "--storage", storage, "--no-progress", "--seed-from-affinity", str(out_dir), "--trust-code"
     )
     assert code == 0, err
-    code, out, err = run("affinity", "show")
+    code, _, err = run("affinity", "show")
     assert code == 2 and "dir" in err

@@ -13,8 +13,8 @@ from automtl import deploy
 from automtl.build import restrict_network
 from automtl.bundle import load_program, read_bundle, read_config
 from automtl.config import load_config
-from automtl.experiment import prepare
 from automtl.errors import ConfigError
+from automtl.experiment import prepare
 from automtl.export import export_trial
 from automtl.search import load_study, run_search
 from tests import bundles
@@ -130,7 +130,7 @@ def test_an_import_path_in_a_search_config_runs_nothing(tmp_path: Path) -> None:
     raw["data"] = {"name": "os:system", "options": {"command": f"touch {marker}"}}
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps(raw))
-    code, out, err = run("search", str(path), "--no-progress")
+    code, _, err = run("search", str(path), "--no-progress")
     assert code == 2 and "config key 'data.name': data set 'os:system' is a 'module:function' import path" in err
     assert "--trust-code" in err and not marker.exists()
     raw = bundles.csv_example_raw()
@@ -138,7 +138,7 @@ def test_an_import_path_in_a_search_config_runs_nothing(tmp_path: Path) -> None:
     path.write_text(json.dumps(raw))
     for command in ("search", "train", "affinity"):
         argv = [command, str(path)] + (["--out", str(tmp_path / "aff")] if command == "affinity" else [])
-        code, out, err = run(*argv)
+        code, _, err = run(*argv)
         assert code == 2 and "config key 'tasks.petal_width.loss': loss 'os:system'" in err, (command, err)
     with pytest.raises(ConfigError, match="tasks.petal_width.loss"):
         run_search(load_config(path), progress=False)

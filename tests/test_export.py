@@ -62,8 +62,8 @@ def test_bundle_contents(bundle: Path, searched: tuple[SearchConfig, optuna.Stud
     candidate = yaml.safe_load((bundle / "candidate.yaml").read_text())
     assert candidate["balancer"] == best.params["balancer"] and candidate["train"]["lr"] == best.params["train.lr"]
     written = read_config(bundle, trust_code=True)
-    same = {"storage": config.storage, "source": None, "raw": config.raw}  # all but where the study lived
-    assert dataclasses.replace(written, **same) == parse_config(config.raw)
+    # the same configuration, but for where the study lived
+    assert dataclasses.replace(written, storage=config.storage, source=None, raw=config.raw) == parse_config(config.raw)
     assert "storage" not in yaml.safe_load((bundle / "config.yaml").read_text())["search"]  # the study's, not the model's
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert (manifest["format"], manifest["format_version"]) == ("automtl-bundle", FORMAT_VERSION)

@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-import automtl.fixed as fixed
+from automtl import fixed
 from automtl.config import SearchConfig
 from automtl.experiment import Experiment, prepare
-from automtl.fixed import baseline_key, default_train_config, resolve_arch, single_task_baseline, train_fixed
+from automtl.fixed import (
+    baseline_key,
+    default_train_config,
+    resolve_arch,
+    single_task_baseline,
+    train_fixed,
+)
 from automtl.metrics import delta_m
 from automtl.tree import BranchTree
 from tests.test_cli import run

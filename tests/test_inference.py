@@ -94,7 +94,7 @@ def test_scenes_npy_predict_reproduces_evaluate_exactly(scenes_bundle: Path, tmp
     predictions = automtl.predict(scenes_bundle, tmp_path / "scenes.npy")
     assert _metrics_of(predictions, split) == expected
     np.savez(tmp_path / "scenes.npz", x=split.x.numpy())
-    code, out, err = run("predict", str(scenes_bundle), str(tmp_path / "scenes.npz"), "--out", str(tmp_path / "p.csv"))
+    code, _, err = run("predict", str(scenes_bundle), str(tmp_path / "scenes.npz"), "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     written = pd.read_csv(tmp_path / "p.csv")
     assert len(written) == len(split) and len(written.columns) == 11

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from automtl.losses import LOSSES
 from automtl.metrics import METRICS
 from automtl.registry import Registry
 
-ALL = {"backbone": BACKBONES, "balancer": BALANCERS, "data set": DATASETS, "metric": METRICS, "loss": LOSSES}
+ALL: dict[str, Registry[Any]] = {"backbone": BACKBONES, "balancer": BALANCERS, "data set": DATASETS, "metric": METRICS, "loss": LOSSES}
 
 
 def test_register_get_list() -> None:

@@ -188,7 +188,13 @@ def test_load_study_errors(searched: tuple[SearchConfig, optuna.Study], tmp_path
 def test_search_seeded_from_affinity_runs_the_derived_trees_first(
     make_config: Callable[..., SearchConfig], tmp_path: Path
 ) -> None:
-    from automtl.affinity import best_grouping, grouping_params, load_affinity, measure_affinity, seed_params
+    from automtl.affinity import (
+        best_grouping,
+        grouping_params,
+        load_affinity,
+        measure_affinity,
+        seed_params,
+    )
     from automtl.experiment import prepare
     from automtl.search import run_search
     from automtl.space import SearchSpace

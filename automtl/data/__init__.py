@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from automtl.data._base import DATASETS, SPLITS, MultiTaskData, Split, load_dataset, register_dataset
+from automtl.data._base import (
+    DATASETS,
+    SPLITS,
+    MultiTaskData,
+    Split,
+    load_dataset,
+    register_dataset,
+)
 from automtl.data._preprocess import ArrayInput, Preprocess, TableInput, TargetLabels
 
 # Importing the modules registers their data sets.
-from automtl.data import _csv, _fashion_scenes, _star  # noqa: E402,F401  isort: skip
+from automtl.data import _csv, _fashion_scenes, _star  # noqa: F401  isort: skip
 
 __all__ = [
     "DATASETS",

