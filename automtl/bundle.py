@@ -138,7 +138,11 @@ def staged(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         if out.is_dir():
             old = out.absolute().parent / f"{staging.name}.old"
             out.rename(old)
-            staging.rename(out)
+            try:
+                staging.rename(out)
+            except OSError:
+                old.rename(out)  # the earlier bundle stays as it was
+                raise
             shutil.rmtree(old)
         else:
             staging.rename(out)

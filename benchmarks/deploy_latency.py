@@ -186,6 +186,32 @@ def latency_table(timings: Sequence[Timing]) -> str:
     return "\n".join(lines)
 
 
+def reading(timings: Sequence[Timing]) -> str:
+    """What the table says, computed from it (so the words always match the numbers)."""
+    lines = ["Reading:", ""]
+    for b in BATCHES:
+        fastest = {t.model: min(ENGINES, key=lambda e: t.us_per_sample(b, e)) for t in timings}
+        ort = [t.paired_ratio(b, "ONNX Runtime") for t in timings]
+        pt2 = [t.paired_ratio(b, "torch.export") for t in timings]
+        winners = sorted(set(fastest.values()))
+        lines.append(
+            f"- Batch {b}: fastest engine {', '.join(f'{m}: {e}' for m, e in fastest.items())}"
+            + (" (the same on every model)" if len(winners) == 1 else "")
+            + f". ONNX Runtime takes {min(ort):.2f}x to {max(ort):.2f}x eager's time, the torch.export program "
+            f"{min(pt2):.2f}x to {max(pt2):.2f}x (median per-round ratios)."
+        )
+    lines += [
+        ("- The torch.export program, called as `ExportedProgram.module()`, is generated Python that calls the ATen "
+         "operators one at a time, behind the program's input checks, so it brings no speed of its own on the CPU; "
+         "it is the input of ahead-of-time compilers (AOTInductor, ExecuTorch). ONNX Runtime runs the whole graph "
+         "in C++, which matters most at batch 1, where eager PyTorch's per-operator Python overhead dominates."),
+        ("- Absolute times move with the load of this shared machine; the ratios are measured in the same "
+         "rounds, so they are what to compare. A task subset costs the blocks of its own subtree only: the "
+         "parameter and FLOP shares above."),
+    ]
+    return "\n".join(lines)
+
+
 def subset_table(parts: Sequence[tuple[Model, Path]]) -> str:
     lines = [
         "| model | subset | parameters (subset / whole tree) | FLOPs per sample (subset / whole tree) | max abs difference at export (ONNX, torch.export) |",
@@ -234,6 +260,8 @@ def section(timings: Sequence[Timing], parts: Sequence[tuple[Model, Path]], comm
              "(limit 1e-4):"),
             "",
             subset_table(parts),
+            "",
+            reading(timings),
             "",
             notes,
         ]
