@@ -12,6 +12,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -125,94 +126,112 @@ def export_trial(
     if retrain_seeds < 0:
         raise ValueError(f"retrain_seeds must be >= 0, got {retrain_seeds}")
     formats = parse_formats(formats)
+    with staged(out_dir) as staging:  # the folder becomes out_dir only if all of this succeeds
+        return _export(
+            study, storage_url, out_dir, staging, trial_number, retrain_seeds=retrain_seeds, device=device,
+            formats=formats, subset=tasks, trust_code=trust_code,
+        )  # fmt: skip
+
+
+def _export(
+    study: optuna.Study,
+    storage_url: str,
+    out_dir: str | os.PathLike[str],
+    staging: Path,
+    trial_number: int | None,
+    *,
+    retrain_seeds: int,
+    device: str | None,
+    formats: Sequence[str],
+    subset: Sequence[str] | None,
+    trust_code: bool,
+) -> dict[str, Any]:
+    """:func:`export_trial`'s work, written into ``staging``."""
     trial = _pick_trial(study, trial_number)
     config = dataclasses.replace(study_config(study), trust_code=trust_code)
     experiment = prepare(config)
     candidate = trial.user_attrs["candidate"]
     tree = BranchTree.from_dict(candidate["tree"])
-    if tasks is not None:
-        tree.restrict(tasks)  # a bad task list fails here, before anything is written
     store = FileSystemArtifactStore(str(artifact_dir(storage_url)))
-    with staged(out_dir) as staging:
-        full = BranchedNet(tree, experiment.backbone, experiment.data.tasks)
-        full.load_state_dict(_trial_weights(store, trial, storage_url))
-        net = full if tasks is None else restrict_network(full, experiment.backbone, tasks)
-        data = experiment.data
-        preprocess = data.preprocess or Preprocess.for_arrays(data.tasks, data.input_shape)
-        write_bundle(
-            staging, out_dir, net, backbone=config.backbone, backbone_options=config.backbone_options,
-            block_names=list(experiment.backbone.block_names), preprocess=preprocess,
-            config={"name": config.name, **config.raw}, candidate=candidate,
-        )  # fmt: skip
-        write_manifest(staging, [t.name for t in net.tasks])
-        # the same code path as `automtl evaluate`, on the data already loaded for this export
-        net = load(staging, "cpu", trust_code=trust_code)
-        val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
-        tasks_out = net.tasks
-        extra: dict[str, Any] = {}
-        baseline = None
-        if config.objective == "delta_m":
-            baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), device or config.device)
-            extra = {
-                "delta_m_convention": DELTA_M_CONVENTION,
-                "val_delta_m": delta_m(val, baseline["val"], tasks_out),
-                "test_delta_m": delta_m(test, baseline["test"], tasks_out),
-                "baseline": baseline,
-            }
-        selection = {
-            "architecture": f"trial {trial.number}, chosen on the validation split by the search objective(s)",
-            "weights": "the trial's own training run on the train split (last epoch); nothing chosen on test",
-            "test": "read once, after selection, for this report",
+    full = BranchedNet(tree, experiment.backbone, experiment.data.tasks)
+    full.load_state_dict(_trial_weights(store, trial, storage_url))
+    net = full if subset is None else restrict_network(full, experiment.backbone, subset)
+    data = experiment.data
+    write_bundle(
+        staging, out_dir, net, backbone=config.backbone, backbone_options=config.backbone_options,
+        block_names=list(experiment.backbone.block_names),
+        preprocess=data.preprocess or Preprocess.for_arrays(data.tasks, data.input_shape),
+        config={"name": config.name, **config.raw}, candidate=candidate,
+    )  # fmt: skip
+    write_manifest(staging, [t.name for t in net.tasks])
+    # the same code path as `automtl evaluate`, on the data already loaded for this export
+    net = load(staging, "cpu", trust_code=trust_code)
+    val, test = (evaluate(net, experiment.data.split(split), net.tasks) for split in ("val", "test"))
+    tasks = net.tasks  # all of the data set's, or the subset's
+    extra: dict[str, Any] = {}
+    baseline = None
+    if config.objective == "delta_m":
+        baseline = single_task_baseline(experiment, baseline_dir(storage_url), ("val", "test"), device or config.device)
+        extra = {
+            "delta_m_convention": DELTA_M_CONVENTION,
+            "val_delta_m": delta_m(val, baseline["val"], tasks),
+            "test_delta_m": delta_m(test, baseline["test"], tasks),
+            "baseline": baseline,
         }
-        if retrain_seeds:
-            chosen = Candidate.from_dict(candidate)
-            result = train_fixed(
-                experiment,
-                chosen.tree,
-                chosen.balancer,
-                chosen.balancer_params,
-                seeds=retrain_seeds,
-                device=device or config.device,
-                train=chosen.train,
-            )
-            extra["retrain"] = result.summary(tasks_out, baseline)
-            selection["retrain"] = (
-                f"the same architecture and hyperparameters trained anew on the train split with seeds "
-                f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
-            )
-        if tasks is not None:
-            extra["subset"] = {
-                "tasks": [t.name for t in tasks_out],
-                "of": list(tree.tasks),
-                "n_params": net.num_parameters(),
-                "n_params_full": full.num_parameters(),
-                "flops": count_flops(net, data.input_shape),
-                "flops_full": count_flops(full, data.input_shape),
-            }
-        deployed = [f for f in formats if f != "safetensors"]
-        if deployed:
-            extra["deployment"] = write_formats(staging, net, deployed, data.val.x)
-        on_front = trial.number in {t.number for t in pareto_front(study)}
-        metrics = {
-            "study": study.study_name,
-            "trial": trial.number,
-            "selected_on": "val",
-            "selection": selection,
-            "objective": study.user_attrs.get("objective", config.objective),
-            "search_values": dict(zip(objective_names(study), trial.values)),
-            "multi_objective": is_multi_objective(study),
-            "pareto_front": on_front,
-            "cost": trial.user_attrs.get("cost", {}),
-            "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks_out},
-            "val": val,
-            "val_score": aggregate_score(val, tasks_out),
-            "test": test,
-            "test_score": aggregate_score(test, tasks_out),
-            "n_params": trial.user_attrs.get("n_params"),
-            **extra,
+    selection = {
+        "architecture": f"trial {trial.number}, chosen on the validation split by the search objective(s)",
+        "weights": "the trial's own training run on the train split (last epoch); nothing chosen on test",
+        "test": "read once, after selection, for this report",
+    }
+    if retrain_seeds:
+        chosen = Candidate.from_dict(candidate)
+        result = train_fixed(
+            experiment,
+            chosen.tree,
+            chosen.balancer,
+            chosen.balancer_params,
+            seeds=retrain_seeds,
+            device=device or config.device,
+            train=chosen.train,
+        )
+        extra["retrain"] = result.summary(tasks, baseline)
+        selection["retrain"] = (
+            f"the same architecture and hyperparameters trained anew on the train split with seeds "
+            f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
+        )
+    if subset is not None:
+        extra["subset"] = {
+            "tasks": [t.name for t in tasks],
+            "of": list(tree.tasks),
+            "n_params": net.num_parameters(),
+            "n_params_full": full.num_parameters(),
+            "flops": count_flops(net, data.input_shape),
+            "flops_full": count_flops(full, data.input_shape),
         }
-        write_metrics(staging, metrics)
-        write_manifest(staging, [t.name for t in tasks_out], deployed=deployed, subset_of=None if tasks is None else tree.tasks)
+    deployed = [f for f in formats if f != "safetensors"]
+    if deployed:
+        extra["deployment"] = write_formats(staging, net, deployed, data.val.x)
+    on_front = trial.number in {t.number for t in pareto_front(study)}
+    metrics = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "selected_on": "val",
+        "selection": selection,
+        "objective": study.user_attrs.get("objective", config.objective),
+        "search_values": dict(zip(objective_names(study), trial.values)),
+        "multi_objective": is_multi_objective(study),
+        "pareto_front": on_front,
+        "cost": trial.user_attrs.get("cost", {}),
+        "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
+        "val": val,
+        "val_score": aggregate_score(val, tasks),
+        "test": test,
+        "test_score": aggregate_score(test, tasks),
+        "n_params": trial.user_attrs.get("n_params"),
+        **extra,
+    }
+    write_metrics(staging, metrics)
+    write_manifest(staging, [t.name for t in tasks], deployed=deployed, subset_of=None if subset is None else tree.tasks)
     return metrics
 
 
