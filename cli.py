@@ -271,8 +271,11 @@ def _predict(args: argparse.Namespace) -> None:
         progress=False if args.no_progress else None,
         trust_code=args.trust_code,
     )
-    kind = "probabilities" if args.proba else "labels"
-    print(f"wrote {result.rows} row(s) of {kind} to {result.out}: columns {', '.join(result.columns)}")
+    kind = "class probabilities" if args.proba else "class labels"
+    print(
+        f"wrote {result.rows} row(s) to {result.out}: columns {', '.join(result.columns)} "
+        f"({kind}; regression values in the target's unit)"
+    )
     if result.unseen:
         counts = ", ".join(f"'{column}' {n}" for column, n in result.unseen.items())
         print(f"categories not seen in training (encoded as no category, as in training), rows per column: {counts}")

@@ -158,7 +158,7 @@ def _table_chunks(source: TableInput, data: Any, chunk_rows: int, name: str) -> 
             raise DataError(f"{name}: cannot read it as Parquet: {' '.join(str(exc).split())}") from exc
         absent = [c for c in source.columns if c not in file.schema_arrow.names]
         if absent:
-            raise DataError(f"{name}: input column(s) {absent} absent; the model reads {source.columns}")
+            raise DataError(f"{name}: {source.absent_message(absent)}")
         batches = file.iter_batches(batch_size=chunk_rows, columns=source.columns)
         return (b.to_pandas() for b in batches), file.metadata.num_rows
     try:
@@ -167,7 +167,7 @@ def _table_chunks(source: TableInput, data: Any, chunk_rows: int, name: str) -> 
         raise DataError(f"{name}: cannot read it as CSV: {' '.join(str(exc).split())}") from exc
     absent = [c for c in source.columns if c not in header]
     if absent:
-        raise DataError(f"{name}: input column(s) {absent} absent; the model reads {source.columns}")
+        raise DataError(f"{name}: {source.absent_message(absent)}")
     dtypes = {c: str for c in source.text_columns()}
 
     def chunks() -> Iterator[pd.DataFrame]:

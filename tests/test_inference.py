@@ -52,7 +52,7 @@ def test_csv_example_predict_reproduces_evaluate_exactly(csv_bundle: Path, tmp_p
     # the command line: class labels and centimetres, read back from its output file
     code, out, err = run("predict", str(csv_bundle), str(rows), "--out", str(tmp_path / "pred.csv"))
     assert code == 0, err
-    assert "wrote 30 row(s) of labels" in out and "species, petal_width" in out
+    assert "wrote 30 row(s) to" in out and "columns species, petal_width (class labels;" in out
     written, truth = pd.read_csv(tmp_path / "pred.csv"), pd.read_csv(rows)
     assert list(written.columns) == ["species", "petal_width"]
     assert set(written["species"]) <= {"setosa", "versicolor", "virginica"}

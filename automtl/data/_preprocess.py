@@ -232,6 +232,12 @@ class TableInput:
     def n_features(self) -> int:
         return len(self.encoder.feature_names)
 
+    def absent_message(self, absent: Sequence[str]) -> str:
+        """What to say when input columns are absent: each of them, and how many the model reads."""
+        shown = list(absent[:20]) + ([f"... ({len(absent)} in all)"] if len(absent) > 20 else [])
+        listed = ", ".join(self.columns[:8]) + (", ..." if len(self.columns) > 8 else "")
+        return f"input column(s) {shown} absent; the model reads {len(self.columns)} column(s): {listed}"
+
     def text_columns(self) -> list[str]:
         """Input columns to read as text (``dtype=str``) from a CSV."""
         return [c for c in self.columns if self.raw_types.get(c) == "text"]
@@ -261,7 +267,7 @@ class TableInput:
             raise ValueError(f"unseen must be one of {list(UNSEEN_POLICIES)}, got {unseen!r}")
         absent = [c for c in self.columns if c not in frame.columns]
         if absent:
-            raise DataError(f"{source}: input column(s) {absent} absent; the model reads {self.columns}")
+            raise DataError(f"{source}: {self.absent_message(absent)}")
         frame = frame.loc[:, self.columns].copy()
         for column, name in self.converters.items():
             frame[column] = CONVERTERS[name](frame[column], source=source, column=column, first_row=first_row)
