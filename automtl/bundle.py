@@ -207,7 +207,7 @@ def write_bundle(
         "tasks": [t.to_dict() for t in net.tasks],
     }
     (staging / MODEL).write_text(yaml.safe_dump(model, sort_keys=False))
-    restricted = preprocess.restrict([t.name for t in net.tasks])
+    restricted = preprocess.complete(net.tasks).restrict([t.name for t in net.tasks])
     (staging / PREPROCESS).write_text(json.dumps(jsonable(restricted.to_dict()), indent=1, allow_nan=False))
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(staging / WEIGHTS))
     (staging / CONFIG).write_text(yaml.safe_dump(_bundle_config(config, Path(out_dir)), sort_keys=False))

@@ -177,7 +177,7 @@ class TargetLabels:
             raise DataError(f"type: expected one of {list(TASK_TYPES)}, got {self.type!r}")
         if self.classes is not None and not isinstance(self.classes, tuple):
             raise DataError(f"classes: expected a list of class labels, got {self.classes!r}")
-        if self.type in ("binary", "multilabel") and (self.classes is None or len(self.classes) != 2):
+        if self.type in ("binary", "multilabel") and self.classes is not None and len(self.classes) != 2:
             raise DataError(f"classes: a {self.type} task has exactly 2 classes (negative, positive), got {self.classes!r}")
 
     @property
@@ -386,6 +386,17 @@ class Preprocess:
         """An :class:`ArrayInput` of ``shape`` and default labels (:meth:`TargetLabels.for_task`)."""
         return cls(ArrayInput(tuple(int(d) for d in shape), **input_options), {t.name: TargetLabels.for_task(t) for t in tasks})
 
+    def complete(self, tasks: Sequence[TaskSpec]) -> Preprocess:
+        """Every classification task with its classes: those a data set left out come from the
+        task (a multiclass task's names, or class indices; 0 and 1 for binary and multilabel)."""
+        targets = dict(self.targets)
+        for task in tasks:
+            labels = targets.get(task.name) or TargetLabels(task.type)
+            if labels.classes is None and task.type != "regression":
+                labels = dataclasses.replace(labels, classes=TargetLabels.for_task(task).classes)
+            targets[task.name] = labels
+        return Preprocess(self.input, targets)
+
     def restrict(self, tasks: Sequence[str]) -> Preprocess:
         """The same input, with the labels of ``tasks`` only."""
         return Preprocess(self.input, {t: self.targets[t] for t in tasks})
@@ -442,7 +453,11 @@ class Preprocess:
         targets = d["targets"]
         if not isinstance(targets, Mapping):
             raise DataError("targets: expected a mapping of task name to labels")
-        return cls(source, {str(t): _dataclass_from(TargetLabels, v, f"targets.{t}") for t, v in targets.items()})
+        labels = {str(t): _dataclass_from(TargetLabels, v, f"targets.{t}") for t, v in targets.items()}
+        unnamed = [t for t, v in labels.items() if v.type != "regression" and not v.classes]
+        if unnamed:
+            raise DataError(f"targets.{unnamed[0]}: a {labels[unnamed[0]].type} task needs its classes")
+        return cls(source, labels)
 
 
 def table_preprocess(

@@ -71,6 +71,7 @@ def test_every_column_encoding_field_is_written() -> None:
         (lambda d: d["input"].update(converters={"x": "eval"}), r"column 'x': unknown conversion 'eval'"),
         (lambda d: d["targets"]["t"].update(type="ranking"), r"targets.t: type: expected one of"),
         (lambda d: d["targets"]["t"].update(classes=["yes"]), r"exactly 2 classes"),
+        (lambda d: d["targets"]["t"].update(classes=None), r"targets.t: a binary task needs its classes"),
         (lambda d: d.pop("targets"), r"expected the keys \['input', 'targets'\]"),
     ],
 )
