@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -132,6 +133,7 @@ class Timing:
     model: str
     n_params: int
     seconds: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    max_diff: dict[str, float] = field(default_factory=dict)  # per engine, from eager on the 1024 inputs
 
     def us_per_sample(self, batch: int, engine: str) -> float:
         return 1e6 * statistics.median(self.seconds[batch][engine]) / batch
@@ -146,14 +148,16 @@ def measure(model: Model, bundle: Path, rounds: int, warmup: int, bursts: dict[i
     run = engines(bundle)
     x = inputs(bundle)
     batches = {b: x[:b].copy() for b in BATCHES}
+    timing = Timing(model.name, read_bundle(bundle).net.num_parameters())
     for b, xb in batches.items():  # the three agree before they are timed
         outputs = {name: fn(xb) for name, fn in run.items()}
         eager = {t: v.numpy() for t, v in outputs["eager"].items()}
         names = list(eager)
         for name in ("torch.export", "ONNX Runtime"):
             got = outputs[name] if isinstance(outputs[name], dict) else dict(zip(names, outputs[name]))
-            assert deploy.max_abs_difference(eager, got) <= deploy.PARITY_TOLERANCE, (model.name, name, b)
-    timing = Timing(model.name, read_bundle(bundle).net.num_parameters())
+            diff = deploy.max_abs_difference(eager, got)
+            assert diff <= deploy.PARITY_TOLERANCE, (model.name, name, b, diff)
+            timing.max_diff[name] = max(timing.max_diff.get(name, 0.0), diff)
     timing.seconds = {b: {name: [] for name in run} for b in BATCHES}
     for r in range(warmup + rounds):
         order = list(run) if r % 2 == 0 else list(run)[::-1]
@@ -173,15 +177,17 @@ def measure(model: Model, bundle: Path, rounds: int, warmup: int, bursts: dict[i
 
 def latency_table(timings: Sequence[Timing]) -> str:
     lines = [
-        "| model | parameters | engine | batch 1: us / sample | ratio to eager (batch 1) | batch 1024: us / sample | ratio to eager (batch 1024) |",
-        "|---|---|---|---|---|---|---|",
+        ("| model | parameters | engine | batch 1: us / sample | ratio to eager (batch 1) | batch 1024: us / sample "
+         "| ratio to eager (batch 1024) | max abs difference from eager (batch 1 and 1024 inputs) |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in timings:
         for engine in ENGINES:
             ratios = [f"{t.paired_ratio(b, engine):.2f}x" if engine != "eager" else "1" for b in BATCHES]
+            diff = f"{t.max_diff[engine]:.1e}" if engine in t.max_diff else "-"
             lines.append(
                 f"| {t.model} | {t.n_params:,} | {engine} | {t.us_per_sample(1, engine):.1f} | {ratios[0]} | "
-                f"{t.us_per_sample(1024, engine):.2f} | {ratios[1]} |"
+                f"{t.us_per_sample(1024, engine):.2f} | {ratios[1]} | {diff} |"
             )
     return "\n".join(lines)
 
@@ -229,7 +235,7 @@ def subset_table(parts: Sequence[tuple[Model, Path]]) -> str:
 
 
 def section(timings: Sequence[Timing], parts: Sequence[tuple[Model, Path]], command: str, seconds: float,
-            rounds: int, warmup: int, bursts: dict[int, int], notes: str) -> str:  # fmt: skip
+            rounds: int, warmup: int, bursts: dict[int, int], load: tuple[float, float], notes: str) -> str:  # fmt: skip
     trees = []
     for model, _ in parts:
         bundle = RUNS / model.config.stem / "bundle"
@@ -248,7 +254,8 @@ def section(timings: Sequence[Timing], parts: Sequence[tuple[Model, Path]], comm
              "the median over rounds of each engine's time over eager's in the same round."),
             "",
             f"- command: `{command}`",
-            f"- machine: {machine()}; onnxruntime {_version('onnxruntime')}",
+            (f"- machine: {machine()}; onnxruntime {_version('onnxruntime')}; load average before the timing "
+             f"{load[0]:.1f}, after {load[1]:.1f} (1 min; other processes share these cores)"),
             f"- date: {datetime.date.today().isoformat()}; run time {seconds:.0f} s (searches reused when present)",
             ("- bundles: the best of a small `mean_score` search of each config (runs/deploy_latency/), exported with "
              "`--format onnx,pt2`; trees (task indices per block): " + "; ".join(trees) + "."),
@@ -289,11 +296,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     bursts = {1: args.burst_1, 1024: args.burst_1024}
     built = [(m, *export_bundles(m, args.trials)) for m in MODELS]
+    before = os.getloadavg()[0]
     timings = [measure(m, full, args.rounds, args.warmup, bursts) for m, full, _ in built]
+    load = (before, os.getloadavg()[0])
     command = "python benchmarks/deploy_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     notes = args.notes.read_text().strip() if args.notes else ""
     text = section(timings, [(m, part) for m, _, part in built], command.strip(), time.perf_counter() - start,
-                   args.rounds, args.warmup, bursts, notes)  # fmt: skip
+                   args.rounds, args.warmup, bursts, load, notes)  # fmt: skip
     print(text)
     if args.write:
         write_section(text)
