@@ -5,6 +5,7 @@
     automtl export [CONFIG] --out D  -> automtl.export_trial(study, storage, D, trial, retrain_seeds=N)
     automtl plot [CONFIG] --out D    -> automtl.plots.plot_study(study, D)  (history.png, pareto.png)
     automtl evaluate D               -> automtl.evaluate_bundle(D, split)
+    automtl predict D IN --out OUT   -> automtl.inference.predict_file(D, IN, OUT)  (twin: automtl.predict(D, IN))
     automtl train CONFIG --arch hps  -> automtl.fixed.train_fixed(automtl.experiment.prepare(config), "hps")
     automtl list balancers           -> automtl.report.format_registry("balancers")
     automtl affinity CONFIG --out D  -> automtl.affinity.measure_affinity(config).save(D)
@@ -19,6 +20,11 @@ import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+_TRUST_HELP = (
+    "allow 'module:function' names in the config or bundle to be imported: this RUNS THEIR CODE; "
+    "use it only for files you trust"
+)
 
 
 def _add_study_args(p: argparse.ArgumentParser, *, config_optional: bool) -> None:
@@ -57,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worker-index", type=int, default=0, help="this worker's index when joining a study from another machine (its sampler seed)"
     )
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("show", help="trials with per-task metrics, and the best architecture")
     _add_study_args(p, config_optional=True)
@@ -72,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "--retrain-seeds", type=int, default=0, metavar="N", help="also retrain it on train with seeds 0..N-1; test mean ± std"
     )
     p.add_argument("--device", help="for --retrain-seeds: auto, cpu, cuda ...")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="comma-separated: safetensors (always), onnx, pt2; each checked against the eager model (max abs diff <= 1e-4)",
+    )
+    p.add_argument("--tasks", help="comma-separated: export only the subtree serving these tasks")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("plot", help="PNG pictures of a study: optimization history, Pareto front")
     _add_study_args(p, config_optional=True)
@@ -81,6 +95,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="directory written by 'automtl export'")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
+
+    p = sub.add_parser("predict", help="predict on raw rows (.csv/.parquet) or arrays (.npy/.npz) with a bundle")
+    p.add_argument("bundle", help="directory written by 'automtl export'")
+    p.add_argument("input", help="raw rows (.csv or .parquet; label columns are ignored) or an array (.npy or .npz)")
+    p.add_argument("--out", required=True, help="output table, .csv or .parquet: one column per task")
+    p.add_argument("--proba", action="store_true", help="class probabilities instead of class labels")
+    p.add_argument("--tasks", help="comma-separated: predict only these tasks")
+    p.add_argument("--unseen", default="ignore", choices=["ignore", "error"],
+                   help="a category not seen in training: no category (as in training; counted), or an error")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=2048, help="samples per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("train", help="train one fixed design over seeds; validation and test metrics")
     p.add_argument("config", help="search YAML (data, backbone and training settings are used)")
@@ -95,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train (or reuse cached) single-task networks, tuned and on the same seeds; report Δm, paired",
     )
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("affinity", help="measure inter-task affinity (CONFIG --out DIR) or show it (show DIR)")
     p.add_argument("config", help="search YAML to measure, or the word 'show'")
@@ -114,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "--without-momentum", action="store_true", help="lookahead: each task's own part (the default; kept for old scripts)"
     )
     p.add_argument("--groups", type=int, default=0, help="also print the best grouping into at most N groups")
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
 
     p = sub.add_parser("list", help="registered balancers, backbones, data sets, metrics or losses")
     p.add_argument("what", choices=["balancers", "backbones", "datasets", "metrics", "losses"])
@@ -141,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "search":
         import time
 
-        config = automtl.load_config(args.config)
+        config = automtl.load_config(args.config, trust_code=args.trust_code)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError("--n-trials", f"must be an integer >= 1, got {args.n_trials}")
         started = time.monotonic()
@@ -175,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         print(report.format_study(automtl.load_study(storage, name), top=args.top))
     elif args.command == "export":
         storage, name = _locate(args)
+        from automtl.deploy import format_deployment
+
         metrics = automtl.export_trial(
             automtl.load_study(storage, name),
             storage,
@@ -183,8 +215,14 @@ def _run(args: argparse.Namespace) -> int:
             retrain_seeds=args.retrain_seeds,
             device=args.device,
             artifacts=args.artifacts,
+            formats=args.format,
+            tasks=args.tasks.split(",") if args.tasks else None,
+            trust_code=args.trust_code,
         )
         print(report.format_export(metrics, args.out))
+        deployment = format_deployment(metrics)
+        if deployment:
+            print(deployment)
     elif args.command == "plot":
         from automtl.plots import plot_study
 
@@ -194,15 +232,17 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from automtl.export import jsonable
 
-        metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device)
+        metrics = automtl.evaluate_bundle(args.bundle, args.split, args.device, trust_code=args.trust_code)
         print(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
+    elif args.command == "predict":
+        _predict(args)
     elif args.command == "train":
         from automtl.data import describe_data
         from automtl.experiment import prepare
         from automtl.fixed import train_fixed, tuned_single_task
         from automtl.metrics import nanmean
 
-        config = automtl.load_config(args.config)
+        config = automtl.load_config(args.config, trust_code=args.trust_code)
         experiment = prepare(config)
         print(describe_data(experiment.data))
         result = train_fixed(
@@ -238,7 +278,7 @@ def _affinity(args: argparse.Namespace) -> None:
         if not args.out:
             raise ConfigError("--out", "measuring affinity needs --out DIR")
         tree = automtl.BranchTree.from_yaml(Path(args.tree).read_text()) if args.tree else None
-        config = automtl.load_config(args.config)
+        config = automtl.load_config(args.config, trust_code=args.trust_code)
         experiment = prepare(config)
         print(describe_data(experiment.data), flush=True)
         result = affinity.measure_affinity(
@@ -261,6 +301,38 @@ def _affinity(args: argparse.Namespace) -> None:
         print(f"picture: {affinity.plot_affinity(result, args.plot)}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from automtl.inference import predict_file
+
+    result = predict_file(
+        args.bundle,
+        args.input,
+        args.out,
+        proba=args.proba,
+        tasks=args.tasks,
+        batch_size=args.batch_size,
+        unseen=args.unseen,
+        device=args.device,
+        progress=False if args.no_progress else None,
+        trust_code=args.trust_code,
+    )
+    kind = "class probabilities" if args.proba else "class labels"
+    print(
+        f"wrote {result.rows} row(s) to {result.out}: columns {', '.join(result.columns)} "
+        f"({kind}; regression values in the target's unit)"
+    )
+    if result.unseen:
+        counts = ", ".join(f"'{column}' {n}" for column, n in result.unseen.items())
+        print(f"categories not seen in training (encoded as no category, as in training), rows per column: {counts}")
+
+
+def _message(exc: BaseException) -> str:
+    """One line; the library's ``trust_code=True`` is this command line's ``--trust-code``."""
+    from automtl.errors import UntrustedCodeError
+
+    return " ".join(str(exc).split()).replace(UntrustedCodeError.HINT, "--trust-code")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``automtl`` console script; returns the exit status."""
     from automtl.errors import AutoMTLError
@@ -269,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except (AutoMTLError, LookupError, FileNotFoundError, ImportError, ValueError) as exc:
-        print(f"automtl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"automtl {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"automtl {args.command}: interrupted; finished trials are kept in the storage", file=sys.stderr)

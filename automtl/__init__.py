@@ -9,6 +9,10 @@ Python twins of the CLI::
     automtl.export_trial(study, config.storage, "out")    # automtl export
     net = automtl.load("out")                             # {task: output} = net(x)
     automtl.evaluate_bundle("out", "test")                # automtl evaluate
+    automtl.predict("out", "rows.csv").table()            # automtl predict out rows.csv --out p.csv
+
+Loading runs no code: a ``module:function`` name in a bundle or a config is imported only with
+``trust_code=True`` (see :mod:`automtl.registry`).
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ from __future__ import annotations
 from automtl.backbones import BACKBONES, Backbone, create_backbone
 from automtl.balance import BALANCERS, Balancer, create_balancer
 from automtl.build import BranchedNet, build_model
+from automtl.bundle import FORMAT_VERSION, load
 from automtl.config import SearchConfig, load_config, parse_config
-from automtl.data import DATASETS, MultiTaskData, load_dataset
+from automtl.data import DATASETS, MultiTaskData, Preprocess, load_dataset
 from automtl.errors import (
     AutoMTLError,
+    BaselineError,
+    BundleError,
     ConfigError,
     DataError,
+    DivergenceError,
     NonFiniteLossError,
+    ParityError,
     RegistryError,
+    StorageError,
+    UntrustedCodeError,
 )
-from automtl.export import evaluate_bundle, export_trial, load
+from automtl.export import evaluate_bundle, export_trial
+from automtl.inference import Predictions, predict
 from automtl.search import run_search
 from automtl.space import Candidate, SearchSpace
 from automtl.study import load_study
@@ -39,21 +51,30 @@ __all__ = [
     "BACKBONES",
     "BALANCERS",
     "DATASETS",
+    "FORMAT_VERSION",
     "AutoMTLError",
     "Backbone",
     "Balancer",
+    "BaselineError",
     "BranchTree",
     "BranchedNet",
+    "BundleError",
     "Candidate",
     "ConfigError",
     "DataError",
+    "DivergenceError",
     "MultiTaskData",
     "NonFiniteLossError",
+    "ParityError",
+    "Predictions",
+    "Preprocess",
     "RegistryError",
     "SearchConfig",
     "SearchSpace",
+    "StorageError",
     "TaskSpec",
     "TrainConfig",
+    "UntrustedCodeError",
     "build_model",
     "create_backbone",
     "create_balancer",
@@ -66,5 +87,6 @@ __all__ = [
     "load_dataset",
     "load_study",
     "parse_config",
+    "predict",
     "run_search",
 ]

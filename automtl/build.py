@@ -12,7 +12,7 @@ from automtl.backbones import Backbone
 from automtl.tasks import TaskSpec
 from automtl.tree import BranchTree, Node
 
-__all__ = ["BranchedNet", "ParamGroup", "build_model", "resolve_device"]
+__all__ = ["BranchedNet", "ParamGroup", "build_model", "resolve_device", "restrict_network"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,32 @@ def build_model(
         ValueError: See :class:`BranchedNet` and :func:`resolve_device`.
     """
     return BranchedNet(tree, backbone, tasks).to(resolve_device(device))
+
+
+def restrict_network(net: BranchedNet, backbone: Backbone, tasks: Sequence[str]) -> BranchedNet:
+    """The part of ``net`` that serves only ``tasks``, with ``net``'s weights.
+
+    Its tree is ``net.tree.restrict(tasks)`` (:meth:`BranchTree.restrict`); each of its block
+    copies takes the weights (and buffers) of the copy of ``net`` that the same tasks went
+    through, and each head is ``net``'s head. For those tasks it computes exactly what ``net``
+    computes, without the blocks that serve only the others. Same device and mode as ``net``.
+
+    Args:
+        net: The full network.
+        backbone: The backbone ``net`` was built from (it makes the blocks to fill).
+        tasks: Tasks to keep (kept in ``net``'s task order).
+
+    Raises:
+        ValueError: ``tasks`` is empty, repeats a task or names an unknown one.
+    """
+    tree = net.tree.restrict(tasks)
+    specs = [t for t in net.tasks if t.name in set(tree.tasks)]
+    device = next(net.parameters()).device
+    sub = BranchedNet(tree, backbone, specs).to(device)
+    with torch.no_grad():
+        for node in tree.nodes():
+            source = Node(node.block, net.tree.part_of(node.tasks[0], node.block))
+            sub.node_module(node).load_state_dict(net.node_module(source).state_dict())
+        for spec in specs:
+            sub.heads[spec.name].load_state_dict(net.heads[spec.name].state_dict())
+    return sub.train(net.training)

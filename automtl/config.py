@@ -199,6 +199,10 @@ class SearchConfig:
         source: The path the config was read from, if any. A relative ``data.options.path``
             is taken relative to it (and stored resolved in ``raw``).
         raw: The mapping it was parsed from (stored with the study and in exports).
+        trust_code: Whether the ``module:function`` import paths this config names (data set,
+            backbone, losses, metrics, balancers) may be imported, which runs their code (see
+            :mod:`automtl.registry`). Not part of the search: it takes no part in comparisons
+            and is not stored with the study.
     """
 
     name: str
@@ -229,6 +233,7 @@ class SearchConfig:
     device: str = "auto"
     source: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    trust_code: bool = field(default=False, compare=False)
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
@@ -399,12 +404,14 @@ def _parse_constraints(value: Any) -> dict[str, float]:
     return {k: float(v) for k, v in d.items()}
 
 
-def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchConfig:
+def parse_config(raw: Mapping[str, Any], source: str | None = None, *, trust_code: bool = False) -> SearchConfig:
     """Validate a configuration mapping.
 
     Args:
         raw: The parsed YAML.
         source: Where it came from (its stem is the default ``name``).
+        trust_code: Allow the ``module:function`` paths it names to be imported (runs code);
+            see :attr:`SearchConfig.trust_code`.
 
     Raises:
         ConfigError: Naming the first offending key.
@@ -516,6 +523,7 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> SearchCon
         device=device,
         source=source,
         raw=dict(top),
+        trust_code=bool(trust_code),
     )
 
 
@@ -529,8 +537,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" + (f" ({context})" if context else "")
 
 
-def load_config(path: str | os.PathLike[str]) -> SearchConfig:
+def load_config(path: str | os.PathLike[str], *, trust_code: bool = False) -> SearchConfig:
     """Read and validate a YAML search configuration.
+
+    Args:
+        path: The YAML file.
+        trust_code: Allow the ``module:function`` paths it names to be imported, which runs
+            their code; see :attr:`SearchConfig.trust_code`.
 
     Raises:
         FileNotFoundError: No such file.
@@ -543,4 +556,4 @@ def load_config(path: str | os.PathLike[str]) -> SearchConfig:
         raise ConfigError("(file)", f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if raw is None:
         raise ConfigError("(file)", f"{path} is empty")
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), trust_code=trust_code)

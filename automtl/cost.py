@@ -108,7 +108,7 @@ def measure_costs(net: BranchedNet, input_shape: Sequence[int], names: Iterable[
     wanted = set(names) | {"n_params"}
     unknown = wanted - set(COSTS)
     if unknown:
-        raise KeyError(f"unknown cost {sorted(unknown)[0]!r}; expected one of {sorted(COSTS)}")
+        raise KeyError(f"unknown cost {min(unknown)!r}; expected one of {sorted(COSTS)}")
     out: dict[str, float] = {"n_params": float(net.num_parameters())}
     if "flops" in wanted:
         out["flops"] = float(count_flops(net, input_shape))

@@ -5,12 +5,15 @@ from __future__ import annotations
 __all__ = [
     "AutoMTLError",
     "BaselineError",
+    "BundleError",
     "ConfigError",
     "DataError",
     "DivergenceError",
     "NonFiniteLossError",
+    "ParityError",
     "RegistryError",
     "StorageError",
+    "UntrustedCodeError",
 ]
 
 
@@ -40,6 +43,37 @@ class RegistryError(AutoMTLError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UntrustedCodeError(RegistryError):
+    """A ``module:function`` import path met where code execution was not allowed.
+
+    Importing a module runs its code, so a registry resolves such a path only when the caller
+    passes ``trust_code=True`` (the command line's ``--trust-code``).
+
+    Args:
+        kind: What the registry holds (``"backbone"``).
+        name: The refused import path.
+    """
+
+    #: How the message names the way to allow it; the command line swaps in its flag.
+    HINT = "trust_code=True"
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(
+            f"{kind} '{name}' is a 'module:function' import path, not a registered {kind}; importing it would run "
+            f"that module's code, which is refused unless you trust its source and pass {self.HINT}"
+        )
+
+
+class BundleError(AutoMTLError, ValueError):
+    """An exported bundle is malformed, of an unknown format version, or does not fit together;
+    the message names the file (and the key or tensor)."""
+
+
+class ParityError(AutoMTLError, ValueError):
+    """An exported model (ONNX, ``torch.export``) disagrees with the eager network beyond the tolerance."""
 
 
 class NonFiniteLossError(AutoMTLError, FloatingPointError):

@@ -1,4 +1,11 @@
-"""A configuration made concrete: the data set (with task overrides) and the backbone."""
+"""A configuration made concrete: the data set (with task overrides) and the backbone.
+
+:func:`prepare` is where a configuration's names become code: the data set, the backbone,
+every task's loss and metric and the ``module:function`` balancers. An import path among them
+is imported only if the config carries ``trust_code`` (see :mod:`automtl.registry`); once
+imported here it is remembered, so the training steps that look these names up later need no
+trust of their own.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,13 @@ from typing import Any
 import torch
 
 from automtl.backbones import BACKBONES, Backbone
+from automtl.balance import BALANCERS
 from automtl.config import SearchConfig, SpaceConfig
 from automtl.data import MultiTaskData, load_dataset
 from automtl.errors import ConfigError, RegistryError
 from automtl.losses import LOSSES
 from automtl.metrics import METRICS, Metric
+from automtl.registry import is_import_path
 from automtl.tasks import TaskSpec
 
 __all__ = ["Experiment", "prepare"]
@@ -60,11 +69,26 @@ def prepare(config: SearchConfig, *, check_space: bool = True) -> Experiment:
             override or one the data set declares) is unknown or has a signature that does not
             fit, the data set or backbone name is unknown, the backbone factory's signature does
             not fit or its options are wrong, ``space.max_groups`` exceeds the number of tasks,
-            or ``train.batch_size`` exceeds the training rows (the key is named).
+            ``train.batch_size`` exceeds the training rows, or a name is a ``module:function``
+            import path and ``config.trust_code`` is false (the key is named).
         DataError: The data are absent or malformed.
     """
+    trust = config.trust_code
+    for name in config.space.balancers:
+        if is_import_path(name):  # registered names are checked by the search space
+            try:
+                BALANCERS.get(name, trust_code=trust)
+            except RegistryError as exc:
+                raise ConfigError(f"space.balancers.{name}", str(exc)) from exc
+    for name, named in config.task_overrides.items():
+        for kind, registry in (("loss", LOSSES), ("metric", METRICS)):
+            if kind in named:
+                try:
+                    registry.get(named[kind], trust_code=trust)
+                except RegistryError as exc:
+                    raise ConfigError(f"tasks.{name}.{kind}", str(exc)) from exc
     try:
-        data = load_dataset(config.data, config.data_options)
+        data = load_dataset(config.data, config.data_options, trust_code=trust)
     except RegistryError as exc:
         raise ConfigError("data.name", str(exc)) from exc
     except TypeError as exc:
@@ -80,9 +104,9 @@ def prepare(config: SearchConfig, *, check_space: bool = True) -> Experiment:
         for kind in ("loss", "metric"):
             key = f"tasks.{task.name}.{kind}" if kind in ov else _data_key(config, task.name, kind)
             if kind == "loss":
-                _check_loss(task, key)
+                _check_loss(task, key, trust)
             else:
-                _check_metric(task, key)
+                _check_metric(task, key, trust)
         tasks.append(task)
     data.tasks = tasks
     if check_space:
@@ -118,9 +142,9 @@ def _shown(name: str, sig: inspect.Signature | None) -> str:
     return f"'{name}{_plain(sig)}'" if sig is not None and ":" in name else f"'{name}'"
 
 
-def _check_loss(task: TaskSpec, key: str) -> None:
+def _check_loss(task: TaskSpec, key: str, trust: bool) -> None:
     try:
-        fn = LOSSES.get(task.loss)
+        fn = LOSSES.get(task.loss, trust_code=trust)
     except RegistryError as exc:
         raise ConfigError(key, str(exc)) from exc
     if not callable(fn):
@@ -136,9 +160,9 @@ def _check_loss(task: TaskSpec, key: str) -> None:
         ) from exc
 
 
-def _check_metric(task: TaskSpec, key: str) -> None:
+def _check_metric(task: TaskSpec, key: str, trust: bool) -> None:
     try:
-        metric = METRICS.get(task.metric)
+        metric = METRICS.get(task.metric, trust_code=trust)
     except RegistryError as exc:
         raise ConfigError(key, str(exc)) from exc
     if not isinstance(metric, Metric):
@@ -201,7 +225,7 @@ def _check_batch_size(config: SearchConfig, data: MultiTaskData) -> None:
 def _backbone(config: SearchConfig, input_shape: Sequence[int]) -> Backbone:
     name, options = config.backbone, config.backbone_options
     try:
-        factory = BACKBONES.get(name)
+        factory = BACKBONES.get(name, trust_code=config.trust_code)
     except RegistryError as exc:
         raise ConfigError("backbone.name", str(exc)) from exc
     if not callable(factory):

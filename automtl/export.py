@@ -1,22 +1,14 @@
-"""A self-contained bundle of one architecture (spec + weights + metrics) and its loader.
+"""Export a search's answer as a bundle, and evaluate a bundle on its data set.
 
-Bundle layout (``DIR``):
-
-* ``tree.yaml``: the :class:`~automtl.tree.BranchTree`, with its drawing as a comment;
-* ``model.yaml``: backbone name and options, input shape, task descriptions;
-* ``weights.safetensors``: the network's state dict;
-* ``config.yaml``: the search configuration the trial came from;
-* ``candidate.yaml``: balancer, its hyperparameters, training hyperparameters;
-* ``metrics.json``: validation and test metrics, the trial, and which split selected it.
-
-:func:`load` needs only the bundle; :func:`evaluate_bundle` also rebuilds the data set from
-``config.yaml``.
+The bundle's files and their format are :mod:`automtl.bundle`'s (written and read there
+only); :func:`export_trial` chooses what goes in (the confirmed answer or a trial, its weights,
+an optional task subset and deployment formats) and reports its validation and test metrics;
+:func:`evaluate_bundle` rebuilds the data set from the bundle's ``config.yaml``.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -25,15 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
-import yaml
 from optuna.trial import TrialState
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from automtl.backbones import create_backbone
-from automtl.build import BranchedNet, resolve_device
-from automtl.config import parse_config
+from automtl.build import BranchedNet, restrict_network
+from automtl.bundle import (
+    jsonable,
+    load,
+    prepare_data,
+    read_bundle,
+    staged,
+    write_bundle,
+    write_formats,
+    write_manifest,
+    write_metrics,
+)
 from automtl.confirm import Confirmation, ConfirmedDesign
+from automtl.cost import count_flops
+from automtl.data import SPLITS, Preprocess
+from automtl.deploy import parse_formats
 from automtl.experiment import prepare
 from automtl.fixed import train_fixed
 from automtl.jobs import JobQueue
@@ -141,6 +143,9 @@ def export_trial(
     retrain_seeds: int = 0,
     device: str | None = None,
     artifacts: str | os.PathLike[str] | None = None,
+    formats: str | Sequence[str] = ("safetensors",),
+    tasks: Sequence[str] | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle of the search's answer (or of trial ``trial_number``) to ``out_dir``.
 
@@ -149,11 +154,29 @@ def export_trial(
     confirmation seed's run, and the single-task networks' runs for Δm, are evaluated on the
     test split here, once, after selection, and reported as mean ± std (``confirmed`` in
     ``metrics.json``; none is chosen). Without a confirmation the best screening trial is
-    exported. Any complete trial can be named with ``trial_number`` (its own screening run).
+    exported (in a multi-objective study, the Pareto-front member with the best first
+    objective). Any complete trial can be named with ``trial_number`` (its own screening run).
 
     With ``retrain_seeds = N`` the exported design is also trained anew on the training split
     with seeds 0..N-1 (``retrain``). ``selection`` in ``metrics.json`` records which split
-    decided what.
+    decided what. The bundle is written to a staging folder that becomes ``out_dir`` only when
+    everything succeeded (an earlier bundle there is replaced whole); see :mod:`automtl.bundle`.
+
+    Args:
+        study, storage_url: The study and its storage.
+        out_dir: The bundle folder.
+        trial_number: A trial to export instead of the answer.
+        retrain_seeds: Also retrain the design with this many seeds (reported only).
+        device: For the retraining.
+        artifacts: The artifact folder (default: the one recorded in the study).
+        formats: ``safetensors`` (always written) plus any of ``onnx``, ``pt2``
+            (:mod:`automtl.deploy`); each is checked against the eager network on the
+            validation rows and the export fails above a max abs difference of 1e-4.
+        tasks: Export only the subtree that serves these tasks (with the same weights);
+            ``metrics.json`` then covers them only and compares its parameters and FLOPs with
+            the whole tree's (``subset``).
+        trust_code: Allow the study's configuration to import the ``module:function`` paths
+            it names (runs their code; see :mod:`automtl.registry`).
 
     Returns:
         The contents of ``metrics.json``.
@@ -161,38 +184,55 @@ def export_trial(
     Raises:
         LookupError: No complete trial, or no trial of that number.
         FileNotFoundError: The weights are missing from the artifact folder.
-        ValueError: ``retrain_seeds < 0``.
+        ValueError: ``retrain_seeds < 0``, an unknown format or task.
+        BundleError: ``out_dir`` is a file, or a folder with other files.
+        ParityError: An exported format differs from the eager network beyond the tolerance.
     """
     if retrain_seeds < 0:
         raise ValueError(f"retrain_seeds must be >= 0, got {retrain_seeds}")
+    formats = parse_formats(formats)
     choice = _pick(study, trial_number)
-    config = study_config(study)
     store = artifact_dir(storage_url, artifacts, study)
+    if not store.is_dir():
+        raise FileNotFoundError(f"artifact folder {store} does not exist; pass --artifacts DIR (the folder the search wrote)")
+    with staged(out_dir) as staging:  # the folder becomes out_dir only if all of this succeeds
+        return _export(
+            study, choice, store, out_dir, staging, retrain_seeds=retrain_seeds, device=device,
+            formats=formats, subset=tasks, trust_code=trust_code,
+        )  # fmt: skip
+
+
+def _export(
+    study: optuna.Study,
+    choice: _Choice,
+    store: Path,
+    out_dir: str | os.PathLike[str],
+    staging: Path,
+    *,
+    retrain_seeds: int,
+    device: str | None,
+    formats: Sequence[str],
+    subset: Sequence[str] | None,
+    trust_code: bool,
+) -> dict[str, Any]:
+    """:func:`export_trial`'s work, written into ``staging``."""
+    config = dataclasses.replace(study_config(study), trust_code=trust_code)
     experiment = prepare(config, check_space=False)  # the study was checked when it was created
-    tasks = experiment.data.tasks
-    net = _net_from(store, choice.artifact, choice.candidate, experiment)  # fails before anything is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
     tree = BranchTree.from_dict(choice.candidate["tree"])
-    block_names = list(experiment.backbone.block_names)
-    (out / "tree.yaml").write_text(
-        "".join(f"# {line}\n" for line in tree.render(block_names).splitlines()) + tree.to_yaml()
-    )
-    model_spec = {
-        "backbone": config.backbone,
-        "backbone_options": config.backbone_options,
-        "input_shape": list(experiment.data.input_shape),
-        "tasks": [t.to_dict() for t in tasks],
-    }
-    (out / "model.yaml").write_text(yaml.safe_dump(model_spec, sort_keys=False))
-    (out / "config.yaml").write_text(yaml.safe_dump({"name": config.name, **config.raw}, sort_keys=False))
-    (out / "candidate.yaml").write_text(
-        yaml.safe_dump({k: v for k, v in choice.candidate.items() if k != "tree"}, sort_keys=False)
-    )
+    full = _net_from(store, choice.artifact, choice.candidate, experiment)
+    net = full if subset is None else restrict_network(full, experiment.backbone, subset)
+    data = experiment.data
+    write_bundle(
+        staging, out_dir, net, backbone=config.backbone, backbone_options=config.backbone_options,
+        block_names=list(experiment.backbone.block_names),
+        preprocess=data.preprocess or Preprocess.for_arrays(data.tasks, data.input_shape),
+        config={"name": config.name, **config.raw}, candidate=choice.candidate,
+    )  # fmt: skip
+    write_manifest(staging, [t.name for t in net.tasks])
     # the same code path as `automtl evaluate`, on the data already loaded for this export
-    bundle_net = load(out, "cpu")
-    val, test = (evaluate(bundle_net, experiment.data.split(split), tasks) for split in ("val", "test"))
+    net = load(staging, "cpu", trust_code=trust_code)
+    val, test = (evaluate(net, data.split(split), net.tasks) for split in ("val", "test"))
+    tasks = net.tasks  # all of the data set's, or the subset's
     extra: dict[str, Any] = {}
     selection = {
         "architecture": f"{choice.design}, chosen on the validation split",
@@ -200,7 +240,9 @@ def export_trial(
         "test": "read once, after selection, for this report",
     }
     baseline, baseline_from = _baseline_metrics(study, store, experiment)
-    if config.objective == "delta_m" and baseline is not None:
+    use_delta = config.objective == "delta_m" and baseline is not None
+    if use_delta:
+        assert baseline is not None
         extra = {
             "baseline_from": baseline_from,
             "delta_m_convention": DELTA_M_CONVENTION,
@@ -212,8 +254,10 @@ def export_trial(
         runs = []
         for artifact in choice.confirmed.weights:
             seed_net = _net_from(store, artifact, choice.confirmed.candidate or choice.candidate, experiment)
-            runs.append({s: evaluate(seed_net, experiment.data.split(s), tasks) for s in ("val", "test")})
-        extra["confirmed"] = _seed_summary(runs, tasks, baseline if config.objective == "delta_m" else None)
+            if subset is not None:
+                seed_net = restrict_network(seed_net, experiment.backbone, subset)
+            runs.append({s: evaluate(seed_net, data.split(s), tasks) for s in ("val", "test")})
+        extra["confirmed"] = _seed_summary(runs, tasks, baseline if use_delta else None)
         conf = Confirmation.from_dict(read_attr(study, "confirmation"))
         extra["confirmation"] = {
             "seeds": conf.seeds,
@@ -230,22 +274,36 @@ def export_trial(
         chosen = Candidate.from_dict(choice.candidate)
         result = train_fixed(experiment, chosen.tree, chosen.balancer, chosen.balancer_params, seeds=retrain_seeds,
                              device=device or config.device, train=chosen.train)  # fmt: skip
-        extra["retrain"] = result.summary(tasks, baseline if config.objective == "delta_m" else None)
+        extra["retrain"] = result.summary(tasks, baseline if use_delta else None)
         selection["retrain"] = (
             f"the same architecture and hyperparameters trained anew on the train split with seeds "
             f"0..{retrain_seeds - 1}; every seed reported (mean ± std), none chosen"
         )
+    if subset is not None:
+        extra["subset"] = {
+            "tasks": [t.name for t in tasks],
+            "of": list(tree.tasks),
+            "n_params": net.num_parameters(),
+            "n_params_full": full.num_parameters(),
+            "flops": count_flops(net, data.input_shape),
+            "flops_full": count_flops(full, data.input_shape),
+        }
+    deployed = [f for f in formats if f != "safetensors"]
+    if deployed:
+        extra["deployment"] = write_formats(staging, net, deployed, data.val.x)
+    trial = choice.trial
     metrics = {
         "study": study.study_name,
         "design": choice.design,
         "weights_from": choice.weights_from,
-        "trial": choice.trial.number if choice.trial is not None else choice.confirmed.trial if choice.confirmed else None,
+        "trial": trial.number if trial is not None else choice.confirmed.trial if choice.confirmed else None,
         "selected_on": "val",
         "selection": selection,
         "objective": study.user_attrs.get("objective", config.objective),
-        "search_values": dict(zip(objective_names(study), choice.trial.values)) if choice.trial is not None else None,
+        "search_values": dict(zip(objective_names(study), trial.values)) if trial is not None else None,
         "multi_objective": is_multi_objective(study),
-        "pareto_front": choice.trial is not None and choice.trial.number in {t.number for t in pareto_front(study)},
+        "pareto_front": trial is not None and trial.number in {t.number for t in pareto_front(study)},
+        "cost": TrialRecord.of(trial).cost if trial is not None else (choice.confirmed.costs if choice.confirmed else {}),
         "metric_of_task": {t.name: {"metric": t.metric, "direction": METRICS.get(t.metric).direction} for t in tasks},
         "val": val,
         "val_score": aggregate_score(val, tasks),
@@ -254,7 +312,8 @@ def export_trial(
         "n_params": net.num_parameters(),
         **extra,
     }
-    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
+    write_metrics(staging, metrics)
+    write_manifest(staging, [t.name for t in tasks], deployed=deployed, subset_of=None if subset is None else tree.tasks)
     return metrics
 
 
@@ -293,47 +352,29 @@ def _single_tree(experiment: Any) -> dict[str, Any]:
     return BranchTree.single_task(experiment.data.task_names, experiment.backbone.n_blocks).to_dict()
 
 
-def jsonable(x: Any) -> Any:
-    """``x`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [jsonable(v) for v in x]
-    return x
-
-
-def load(bundle: str | os.PathLike[str], device: str | torch.device | None = "cpu") -> BranchedNet:
-    """Load an exported bundle as a :class:`~automtl.build.BranchedNet` in eval mode.
-
-    Its ``forward(x)`` takes ``[N, *input_shape]`` and returns ``{task: output}`` (logits, or
-    standardized regression values); :meth:`BranchedNet.predict` gives probabilities and
-    regression values in their original unit.
-
-    Raises:
-        FileNotFoundError: A bundle file is missing.
-    """
-    path = Path(bundle)
-    for name in ("tree.yaml", "model.yaml", "weights.safetensors"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} is missing; is {path} an automtl export?")
-    spec = yaml.safe_load((path / "model.yaml").read_text())
-    tasks = [TaskSpec.from_dict(t) for t in spec["tasks"]]
-    tree = BranchTree.from_yaml((path / "tree.yaml").read_text())
-    backbone = create_backbone(spec["backbone"], spec["input_shape"], **(spec.get("backbone_options") or {}))
-    net = BranchedNet(tree, backbone, tasks)
-    net.load_state_dict(load_file(str(path / "weights.safetensors")))
-    return net.to(resolve_device(device)).eval()
-
-
-def evaluate_bundle(bundle: str | os.PathLike[str], split: str = "test", device: str | None = "cpu") -> dict[str, float]:
+def evaluate_bundle(
+    bundle: str | os.PathLike[str], split: str = "test", device: str | None = "cpu", *, trust_code: bool = False
+) -> dict[str, float]:
     """Per-task metrics of an exported model on a split of the data set in its ``config.yaml``.
+
+    A relative data path in ``config.yaml`` is relative to the bundle folder.
+
+    Args:
+        bundle: The bundle folder.
+        split: ``train``, ``val`` or ``test``.
+        device: Where to run the network.
+        trust_code: Allow the ``module:function`` paths the bundle names (backbone, metrics,
+            data set...) to be imported, which runs their code (see :mod:`automtl.registry`).
 
     Raises:
         FileNotFoundError: A bundle file is missing.
         ValueError: Unknown split.
+        BundleError: A malformed bundle, an import path without ``trust_code``, or a data set
+            that cannot be rebuilt (the file and key are named).
     """
-    net = load(bundle, device)  # first: it says clearly when the folder is no bundle
-    experiment = prepare(parse_config(yaml.safe_load((Path(bundle) / "config.yaml").read_text())), check_space=False)
-    return evaluate(net, experiment.data.split(split), net.tasks)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
+    opened = read_bundle(bundle, device, trust_code=trust_code)  # first: it says clearly when the folder is no bundle
+    opened.resolve_metrics(trust_code=trust_code)
+    experiment = prepare_data(bundle, trust_code=trust_code)
+    return evaluate(opened.net, experiment.data.split(split), opened.net.tasks)

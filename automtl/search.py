@@ -96,7 +96,13 @@ from automtl.study import (
     read_attr,
     write_attr,
 )
-from automtl.supernet import ProxyEvaluator, Supernet, SupernetProgress, train_supernet, tree_sampler
+from automtl.supernet import (
+    ProxyEvaluator,
+    Supernet,
+    SupernetProgress,
+    train_supernet,
+    tree_sampler,
+)
 from automtl.train import EpochResult, TrainConfig, seed_everything
 from automtl.tree import BranchTree
 

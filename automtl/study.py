@@ -254,7 +254,7 @@ def open_storage(url: str, *, create: bool = False) -> BaseStorage:
         raise StorageError(f"storage {url}: cannot open it: {str(exc).splitlines()[0]}") from exc
 
 
-def artifact_dir(storage_url: str, configured: str | Path | None = None, study: optuna.Study | None = None) -> Path:
+def artifact_dir(storage_url: str, configured: str | os.PathLike[str] | None = None, study: optuna.Study | None = None) -> Path:
     """Where trial and baseline weights are kept.
 
     ``configured`` (``--artifacts`` / ``search.artifacts``) wins; else the folder recorded in

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["TASK_TYPES", "TaskSpec", "TaskType", "DEFAULT_LOSS", "DEFAULT_METRIC"]
+__all__ = ["DEFAULT_LOSS", "DEFAULT_METRIC", "TASK_TYPES", "TaskSpec", "TaskType"]
 
 TaskType = Literal["binary", "multiclass", "multilabel", "regression"]
 TASK_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")

@@ -55,7 +55,7 @@ class BranchTree:
             cover every task exactly once, or a partition does not refine the one before.
     """
 
-    __slots__ = ("_tasks", "_partitions", "_order")
+    __slots__ = ("_order", "_partitions", "_tasks")
 
     def __init__(self, tasks: Sequence[str], partitions: Iterable[Iterable[Iterable[str]]]) -> None:
         tasks = tuple(tasks)
@@ -178,6 +178,28 @@ class BranchTree:
         """The last-block node that feeds ``task``'s head."""
         return Node(self.n_blocks - 1, self.part_of(task, self.n_blocks - 1))
 
+    def restrict(self, tasks: Iterable[str]) -> BranchTree:
+        """The subtree that serves only ``tasks``: every part cut down to them, empty parts dropped.
+
+        Each node of the result is a node of this tree with fewer tasks (the same block copy),
+        so a network of the result computes the same outputs for those tasks with the
+        matching weights (:func:`automtl.build.restrict_network`). Tasks keep this tree's order.
+
+        Raises:
+            ValueError: If ``tasks`` is empty, repeats a task or names an unknown one.
+        """
+        wanted = list(tasks)
+        if not wanted:
+            raise ValueError("restrict needs at least one task")
+        unknown = [t for t in wanted if t not in self._order]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; the tree's tasks are {list(self._tasks)}")
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"tasks {wanted} name a task twice")
+        keep = [t for t in self._tasks if t in set(wanted)]
+        partitions = [[[t for t in part if t in keep] for part in partition] for partition in self._partitions]
+        return BranchTree(keep, [[part for part in partition if part] for partition in partitions])
+
     def is_hard_sharing(self) -> bool:
         return all(len(p) == 1 for p in self._partitions)
 
@@ -267,8 +289,8 @@ class BranchTree:
         Raises:
             ValueError: If keys are missing or the partitions are invalid.
         """
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a BranchTree mapping needs the keys 'tasks' and 'partitions', got {type(d).__name__}")
+        if not isinstance(d, Mapping):  # malformed file content: a ValueError, as every other case here
+            raise ValueError(f"a BranchTree mapping needs the keys 'tasks' and 'partitions', got {type(d).__name__}")  # noqa: TRY004
         try:
             return cls(d["tasks"], d["partitions"])
         except KeyError as exc:

@@ -117,7 +117,8 @@ def make_config(
             },
             "search": {"objective": "delta_m"},
             "device": "cpu",
-        }
+        },
+        trust_code=True,  # the data set is this file's own star_subset, by import path
     )
 
 

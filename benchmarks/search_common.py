@@ -21,7 +21,7 @@ def with_search(config: SearchConfig, **search: Any) -> SearchConfig:
     """
     raw: dict[str, Any] = {"name": config.name, **config.raw}
     raw["search"] = {**dict(raw.get("search") or {}), **search}
-    return parse_config(raw, config.source)
+    return parse_config(raw, config.source, trust_code=config.trust_code)
 
 
 def best_so_far(values: Sequence[float | None]) -> list[float | None]:

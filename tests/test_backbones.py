@@ -14,7 +14,7 @@ from automtl.backbones import (
     SmallCNN,
     create_backbone,
 )
-from automtl.errors import RegistryError
+from automtl.errors import RegistryError, UntrustedCodeError
 from tests.helpers import TinyBackbone
 
 # Small settings per registered backbone; a backbone missing here is tried on a table and an
@@ -115,15 +115,20 @@ def test_bad_options_are_value_errors(name: str, shape: tuple, options: dict, me
 
 
 def test_user_backbone_resolves_by_module_path() -> None:
-    backbone = create_backbone("tests.helpers:tiny_backbone", (2, 3), width=5, n_blocks=3)
+    backbone = create_backbone("tests.helpers:tiny_backbone", (2, 3), trust_code=True, width=5, n_blocks=3)
     assert isinstance(backbone, TinyBackbone) and backbone.n_blocks == 3
     assert backbone.make_block(0)(torch.zeros(4, 2, 3)).shape == (4, 5)
     assert "tests.helpers:tiny_backbone" not in BACKBONES  # resolved, not registered
 
 
+def test_user_backbone_path_is_refused_without_trust() -> None:
+    with pytest.raises(UntrustedCodeError, match="backbone 'tests.helpers:tiny_backbone' is a 'module:function'"):
+        create_backbone("tests.helpers:tiny_backbone", (2, 3), width=5)
+
+
 def test_factory_must_return_a_backbone() -> None:
     with pytest.raises(TypeError, match="not a Backbone"):
-        create_backbone("tests.helpers:not_a_backbone", (3,))
+        create_backbone("tests.helpers:not_a_backbone", (3,), trust_code=True)
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
@@ -141,4 +146,4 @@ def test_unknown_name_lists_the_known_ones() -> None:
 )
 def test_unresolvable_path_is_a_registry_error(path: str, message: str) -> None:
     with pytest.raises(RegistryError, match=message):
-        create_backbone(path, (3,))
+        create_backbone(path, (3,), trust_code=True)

@@ -44,7 +44,7 @@ def searched_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = tmp / "tiny_cli.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     storage = f"sqlite:///{tmp / 'cli.db'}"
-    code, out, err = run("search", str(config), "--storage", storage, "--no-progress")
+    code, out, err = run("search", str(config), "--storage", storage, "--no-progress", "--trust-code")
     return {"tmp": tmp, "config": config, "storage": storage, "code": code, "out": out, "err": err}
 
 
@@ -65,7 +65,7 @@ def test_search(searched_cli: dict[str, Any]) -> None:
     assert "\nverdict:\n" in out and out.rstrip().splitlines()[-1].startswith("(Δm differences are mean ± std")
     assert Path(searched_cli["storage"][len("sqlite:///") :]).is_file()
     # a second search resumes: nothing left to run
-    code, out, _ = run("search", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--no-progress")
+    code, out, _ = run("search", str(searched_cli["config"]), "--storage", searched_cli["storage"], "--no-progress", "--trust-code")
     assert code == 0 and "trial   3" not in out and "3 complete" in out and "confirmation:" not in out.split("study 'tiny'")[0]
 
 
@@ -90,15 +90,17 @@ def test_show(searched_cli: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_export_then_evaluate(searched_cli: dict[str, Any]) -> None:
     out_dir = searched_cli["tmp"] / "bundle"
-    code, out, err = run("export", "--storage", searched_cli["storage"], "--study-name", "tiny", "--out", str(out_dir))
+    code, out, err = run(
+        "export", "--storage", searched_cli["storage"], "--study-name", "tiny", "--out", str(out_dir), "--trust-code"
+    )
     assert code == 0, err
     assert f"to {out_dir}" in out and "(score)" in out and "direction" in out
     assert (out_dir / "weights.safetensors").is_file()
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    code, out, err = run("evaluate", str(out_dir), "--split", "test")
+    code, out, err = run("evaluate", str(out_dir), "--split", "test", "--trust-code")
     assert code == 0, err
     assert json.loads(out, parse_constant=_refuse) == metrics["test"]
-    code, out, _ = run("evaluate", str(out_dir), "--split", "val")
+    code, out, _ = run("evaluate", str(out_dir), "--split", "val", "--trust-code")
     assert code == 0 and json.loads(out) == metrics["val"]
 
 
@@ -130,7 +132,7 @@ BAD = [
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path, dotted: str, value: Any, key: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(set_key(tiny_raw(tmp_path), dotted, value)))
-    code, out, err = run("search", str(path), "--no-progress")
+    code, out, err = run("search", str(path), "--no-progress", "--trust-code")
     assert code == 2
     assert err.startswith("automtl search: error: ") and f"config key '{key}'" in err
     assert out == ""
@@ -169,11 +171,11 @@ def test_evaluate_prints_valid_json_for_a_nan_metric(tmp_path: Path) -> None:
     raw = set_key(raw, "search.n_trials", 1)
     path = tmp_path / "nan.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert run("search", str(path), "--no-progress")[0] == 0
-    assert run("export", str(path), "--out", str(tmp_path / "b"))[0] == 0
+    assert run("search", str(path), "--no-progress", "--trust-code")[0] == 0
+    assert run("export", str(path), "--out", str(tmp_path / "b"), "--trust-code")[0] == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["test"]["c"] is None
-    code, out, _ = run("evaluate", str(tmp_path / "b"))
+    code, out, _ = run("evaluate", str(tmp_path / "b"), "--trust-code")
 
     assert code == 0 and json.loads(out, parse_constant=_refuse) == metrics["test"]
 
@@ -182,14 +184,16 @@ def test_evaluate_prints_valid_json_for_a_nan_metric(tmp_path: Path) -> None:
 def test_affinity_measure_show_and_seed(searched_cli: dict[str, Any]) -> None:
     tmp, config = searched_cli["tmp"], str(searched_cli["config"])
     out_dir = tmp / "affinity"
-    code, out, err = run("affinity", config, "--measure", "cosine", "--every", "1", "--out", str(out_dir))
+    code, _, err = run("affinity", config, "--measure", "cosine", "--every", "1", "--out", str(out_dir), "--trust-code")
     assert code == 0, err
     assert all((out_dir / f"affinity.{ext}").is_file() for ext in ("json", "graphml", "dot"))
     code, shown, err = run("affinity", "show", str(out_dir), "--groups", "2")
     assert code == 0, err
     assert "best grouping into at most 2 groups" in shown and all(t in shown for t in ("a", "b", "c", "d"))
     storage = f"sqlite:///{tmp / 'seeded.db'}"
-    code, out, err = run("search", config, "--storage", storage, "--no-progress", "--seed-from-affinity", str(out_dir))
+    code, _, err = run(
+        "search", config, "--storage", storage, "--no-progress", "--seed-from-affinity", str(out_dir), "--trust-code"
+    )
     assert code == 0, err
-    code, out, err = run("affinity", "show")
+    code, _, err = run("affinity", "show")
     assert code == 2 and "dir" in err

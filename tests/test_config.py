@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from automtl.config import (
     DEFAULT_STORAGE,
@@ -22,7 +23,7 @@ from tests.conftest import DELETE, TINY_DATA, set_key, tiny_raw
 
 def validate(raw: dict[str, Any]) -> SearchSpace:
     """What ``run_search`` checks before its first trial: parse, prepare, build the space."""
-    config = parse_config(raw)
+    config = parse_config(raw, trust_code=True)
     experiment = prepare(config)
     return SearchSpace(config, experiment.data.task_names, experiment.backbone.n_blocks)
 
@@ -349,3 +350,44 @@ def test_user_function_signature_errors_say_what_is_expected(
 def test_a_user_loss_is_not_called_while_checking(tmp_path: Path, nan_loss_calls: dict[str, int]) -> None:
     validate(set_key(tiny_raw(tmp_path), "tasks", {"b": {"loss": "tests.helpers:nan_loss"}}))
     assert nan_loss_calls["calls"] == 0
+
+
+# ----------------------------------------------------------------------------- import paths run code
+def _csv_raw(tmp_path: Path) -> dict[str, Any]:
+    """A valid config on a registered data set (a small CSV), so only the names under test are paths."""
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)))
+    raw = tiny_raw(tmp_path)
+    raw["data"] = {"name": "csv", "options": {"path": str(table), "targets": {"y": {"type": "binary"}}}}
+    raw["space"]["max_groups"] = 1  # one task
+    raw["train"]["batch_size"] = 8  # 21 training rows
+    return raw
+
+
+def test_trust_is_carried_but_not_compared(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    untrusted, trusted = parse_config(raw_config), parse_config(raw_config, trust_code=True)
+    assert not untrusted.trust_code and trusted.trust_code and untrusted == trusted
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+    assert load_config(path, trust_code=True).trust_code and not load_config(path).trust_code
+    with pytest.raises(ConfigError, match="config key 'data.name': data set 'tests.helpers:tiny_data' is a 'module:function'"):
+        prepare(untrusted)
+    assert prepare(trusted).data.name == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "key"),
+    [
+        ("backbone.name", "subprocess:run", "backbone.name"),
+        ("tasks", {"y": {"metric": "os:system"}}, "tasks.y.metric"),
+        ("tasks", {"y": {"loss": "os:system"}}, "tasks.y.loss"),
+        ("space.balancers", ["equal", "subprocess:Popen"], "space.balancers.subprocess:Popen"),
+        ("data.options.targets.y.loss", "os:system", "data.options.targets.y.loss"),
+    ],
+)
+def test_an_untrusted_import_path_is_refused_naming_the_key(tmp_path: Path, dotted: str, value: Any, key: str) -> None:
+    raw = set_key(_csv_raw(tmp_path), dotted, value)
+    with pytest.raises(ConfigError) as exc:
+        prepare(parse_config(raw))
+    assert exc.value.key == key and "is a 'module:function' import path" in str(exc.value)
+    assert "trust_code=True" in str(exc.value)

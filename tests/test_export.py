@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 import automtl
 from automtl.build import BranchedNet
+from automtl.bundle import FORMAT_VERSION, read_config
 from automtl.config import SearchConfig, load_config, parse_config
 from automtl.confirm import Confirmation
 from automtl.errors import NonFiniteLossError
@@ -25,14 +27,23 @@ from tests import helpers
 
 pytestmark = pytest.mark.slow  # every test here runs (or reads) a real search
 
-BUNDLE_FILES = {"tree.yaml", "model.yaml", "weights.safetensors", "config.yaml", "candidate.yaml", "metrics.json"}
+BUNDLE_FILES = {
+    "bundle.json",
+    "tree.yaml",
+    "model.yaml",
+    "preprocess.json",
+    "weights.safetensors",
+    "config.yaml",
+    "candidate.yaml",
+    "metrics.json",
+}
 
 
 @pytest.fixture(scope="module")
 def bundle(searched: tuple[SearchConfig, optuna.Study], tmp_path_factory: pytest.TempPathFactory) -> Path:
     config, study = searched
     out = tmp_path_factory.mktemp("bundle") / "best"
-    export_trial(study, config.storage, out)
+    export_trial(study, config.storage, out, trust_code=True)  # the tiny data set is a tests.helpers path
     return out
 
 
@@ -62,13 +73,27 @@ def test_bundle_contents(bundle: Path, searched: tuple[SearchConfig, optuna.Stud
     assert BranchTree.from_yaml(tree_text) == BranchTree.from_dict(best.candidate["tree"])
     candidate = yaml.safe_load((bundle / "candidate.yaml").read_text())
     assert candidate["balancer"] == best.balancer and candidate["train"]["lr"] == best.candidate["train"]["lr"]
-    assert parse_config(yaml.safe_load((bundle / "config.yaml").read_text())) == parse_config(config.raw)
+    written = read_config(bundle, trust_code=True)
+    # the same configuration, but for where the study lived
+    assert dataclasses.replace(written, storage=config.storage, source=None, raw=config.raw) == parse_config(config.raw)
+    assert "storage" not in yaml.safe_load((bundle / "config.yaml").read_text())["search"]  # the study's, not the model's
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert (manifest["format"], manifest["format_version"]) == ("automtl-bundle", FORMAT_VERSION)
+    assert manifest["tasks"] == ["a", "b", "c", "d"] and set(manifest["files"]) == BUNDLE_FILES
+
+
+def test_bundle_holds_no_absolute_path(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
+    config, _ = searched
+    where = str(Path(config.storage[len("sqlite:///") :]).parent)
+    for file in bundle.iterdir():
+        if file.suffix in (".yaml", ".json"):
+            assert where not in file.read_text(), file.name
 
 
 def test_evaluate_reproduces_the_exported_test_metrics_exactly(bundle: Path) -> None:
     metrics = json.loads((bundle / "metrics.json").read_text())
-    assert evaluate_bundle(bundle, "test") == metrics["test"]
-    assert automtl.evaluate_bundle(str(bundle), split="val") == metrics["val"]
+    assert evaluate_bundle(bundle, "test", trust_code=True) == metrics["test"]
+    assert automtl.evaluate_bundle(str(bundle), split="val", trust_code=True) == metrics["val"]
 
 
 def test_load_gives_a_model_with_per_task_outputs(bundle: Path, searched: tuple[SearchConfig, optuna.Study]) -> None:
@@ -105,26 +130,26 @@ def test_predict_gives_probabilities_and_original_units(bundle: Path) -> None:
 
 def test_export_a_given_trial(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
     config, study = searched
-    metrics = export_trial(study, config.storage, tmp_path / "t1", trial_number=1)
+    metrics = export_trial(study, config.storage, tmp_path / "t1", trial_number=1, trust_code=True)
     record = TrialRecord.of(study.trials[1])
     assert metrics["trial"] == 1 and metrics["val"] == record.val_metrics and metrics["weights_from"] == "trial 1's run"
     assert load(tmp_path / "t1").tree == BranchTree.from_dict(record.candidate["tree"])  # type: ignore[index]
     with pytest.raises(LookupError, match="no trial 99"):
-        export_trial(study, config.storage, tmp_path / "t99", trial_number=99)
+        export_trial(study, config.storage, tmp_path / "t99", trial_number=99, trust_code=True)
 
 
 def test_missing_weights_and_files(searched: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
     config, study = searched
     with pytest.raises(FileNotFoundError, match="artifact folder .* does not exist"):
-        export_trial(study, config.storage, tmp_path / "out", artifacts=tmp_path / "nowhere")
-    assert not (tmp_path / "out").exists()  # nothing written before the weights are found
+        export_trial(study, config.storage, tmp_path / "new" / "out", artifacts=tmp_path / "nowhere", trust_code=True)
+    assert not (tmp_path / "new").exists()  # neither the bundle folder nor its parent was left behind
     with pytest.raises(FileNotFoundError, match="is missing"):
         load(tmp_path)
 
 
 def test_unknown_split(bundle: Path) -> None:
     with pytest.raises(ValueError, match="unknown split 'holdout'"):
-        evaluate_bundle(bundle, "holdout")
+        evaluate_bundle(bundle, "holdout", trust_code=True)
 
 
 def test_failed_trial_has_nothing_to_export(
@@ -156,7 +181,7 @@ def test_export_of_a_config_file_without_name(tmp_path: Path, raw_config: dict) 
     raw.pop("name")
     path = tmp_path / "unnamed.yaml"
     path.write_text(yaml.safe_dump(raw))
-    config = load_config(path)
+    config = load_config(path, trust_code=True)
     study = run_search(config, n_trials=1, progress=False)
-    metrics = export_trial(study, config.storage, tmp_path / "out")
-    assert evaluate_bundle(tmp_path / "out", "test") == metrics["test"]
+    metrics = export_trial(study, config.storage, tmp_path / "out", trust_code=True)
+    assert evaluate_bundle(tmp_path / "out", "test", trust_code=True) == metrics["test"]

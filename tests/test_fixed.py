@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-import automtl.fixed as fixed
+from automtl import fixed
 from automtl.config import SearchConfig
 from automtl.experiment import Experiment, prepare
-from automtl.fixed import baseline_key, default_train_config, resolve_arch, single_task_baseline, train_fixed
+from automtl.fixed import (
+    baseline_key,
+    default_train_config,
+    resolve_arch,
+    single_task_baseline,
+    train_fixed,
+)
 from automtl.metrics import delta_m
 from automtl.tree import BranchTree
 from tests.test_cli import run
@@ -87,14 +93,14 @@ def test_single_task_baseline_is_cached(experiment: Experiment, tmp_path: Path, 
 
 
 def test_cli_train(config_file: Path, tmp_path: Path) -> None:
-    code, out, err = run("train", str(config_file), "--arch", "hps", "--seeds", "2", "--delta-m")
+    code, out, err = run("train", str(config_file), "--arch", "hps", "--seeds", "2", "--delta-m", "--trust-code")
     assert code == 0, err
     assert "2 seed(s); mean ± std over seeds" in out and "(delta_m %)" in out and "Δm = (100/T)" in out
     # against the tuned single-task networks trained with the same seeds: a paired difference per split
     assert "B = the mean of the single-task networks over the same seeds" in out
     assert "val: this design minus single-task networks, paired by seed: " in out and "/2 seeds better)" in out
     # one epoch is too short for the tiny data's task d: the baselines do not beat a constant
-    code, _, err = run("train", str(config_file), "--arch", "hps", "--epochs", "1", "--delta-m")
+    code, _, err = run("train", str(config_file), "--arch", "hps", "--epochs", "1", "--delta-m", "--trust-code")
     assert code == 2 and "task 'd' is no better than a constant predictor" in err
-    code, _, err = run("train", str(config_file), "--arch", "nowhere.yaml")
+    code, _, err = run("train", str(config_file), "--arch", "nowhere.yaml", "--trust-code")
     assert code == 2 and "expected hps, single or a tree YAML" in err

@@ -49,7 +49,18 @@ def test_submit_enqueues_each_key_once(storage: optuna.storages.BaseStorage) -> 
     assert queue.jobs() == [_job("a", x=1), _job("b", x=2)]
     # another worker's queue of the same study sees them: still nothing new to enqueue
     JobQueue(storage, "s").submit([_job("b", x=2)])
-    assert len(queue.study.get_trials()) == 2
+    assert len(queue.study.get_trials(states=(TrialState.WAITING,))) == 2
+
+
+def test_claims_have_one_winner(storage: optuna.storages.BaseStorage) -> None:
+    """The first claimant by trial number wins, whoever asks later and however often."""
+    first, second = JobQueue(storage, "s"), JobQueue(storage, "s")
+    assert first.claim("setup") is True
+    assert second.claim("setup") is False and first.claim("setup") is False
+    assert second.claim("other") is True  # claims are per name
+    markers = [t for t in first.study.get_trials() if "claim" in t.user_attrs]
+    assert [t.user_attrs["claim"] for t in markers] == ["setup", "setup", "setup", "other"]
+    assert first.jobs() == [] and first.results() == {}  # markers are not jobs
 
 
 def test_work_runs_each_waiting_job_once_and_stores_its_result(storage: optuna.storages.BaseStorage) -> None:
@@ -66,30 +77,40 @@ def test_work_runs_each_waiting_job_once_and_stores_its_result(storage: optuna.s
 
 def test_wait_returns_the_results_of_its_keys(storage: optuna.storages.BaseStorage) -> None:
     queue, handler = JobQueue(storage, "s"), Recorder()
-    queue.submit([_job("a", x=1), _job("b", x=2), _job("c", x=3)])
-    assert queue.wait(["c", "a"], handler) == {"a": {"twice": 2}, "c": {"twice": 6}}
-    assert sorted(handler.calls) == ["a", "b", "c"]  # it ran whatever was waiting
+    queue.submit([_job("b", x=2)])
+    assert queue.wait([_job("c", x=3), _job("a", x=1)], handler) == {"a": {"twice": 2}, "c": {"twice": 6}}
+    assert sorted(handler.calls) == ["a", "b", "c"]  # it submitted its own and ran whatever was waiting
 
 
 def test_a_failing_job_fails_alone_and_wait_names_it(storage: optuna.storages.BaseStorage) -> None:
     queue, handler = JobQueue(storage, "s"), Recorder()
     queue.submit([_job("bad", fail=True), _job("good", x=5)])
     assert queue.work(handler) == 2
-    states = {t.user_attrs["job"]["key"]: t.state for t in queue.study.get_trials()}
+    states = {t.user_attrs["job"]["key"]: t.state for t in queue.study.get_trials() if "job" in t.user_attrs}
     assert states == {"bad": TrialState.FAIL, "good": TrialState.COMPLETE}
     assert queue.results() == {"good": {"twice": 10}}
     with pytest.raises(JobFailed) as info:
-        queue.wait(["good", "bad"], handler)
+        queue.wait([_job("good", x=5), _job("bad", fail=True)], handler)
     assert "the job bad" in str(info.value) and "no better than a constant" in str(info.value)
     queue.submit([_job("bad", fail=True)])  # failed with a recorded reason: not retried
     assert queue.work(handler) == 0 and handler.calls.count("bad") == 1
 
 
-def test_wait_for_a_key_never_submitted_fails(storage: optuna.storages.BaseStorage) -> None:
+def test_a_job_interrupted_is_submitted_again_by_the_next_wait(storage: optuna.storages.BaseStorage) -> None:
     queue = JobQueue(storage, "s")
-    queue.submit([_job("a", x=1)])
-    with pytest.raises(JobFailed, match="never submitted"):
-        queue.wait(["a", "ghost"], Recorder())
+    calls = {"n": 0}
+
+    def interrupted_once(job: Mapping[str, Any]) -> Mapping[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return {"twice": 2 * job["x"]}
+
+    with pytest.raises(KeyboardInterrupt):
+        queue.wait([_job("a", x=1)], interrupted_once)
+    assert [t.state for t in queue.study.get_trials() if "job" in t.user_attrs] == [TrialState.FAIL]
+    assert queue.wait([_job("a", x=1)], interrupted_once) == {"a": {"twice": 2}}
+    assert calls["n"] == 2
 
 
 def test_a_handler_bug_is_not_swallowed(storage: optuna.storages.BaseStorage) -> None:
@@ -109,7 +130,7 @@ def test_jobs_live_in_their_own_study(storage: optuna.storages.BaseStorage) -> N
     queue.work(Recorder())
     assert queue.study.study_name == "s" + JOBS_SUFFIX
     assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == ["s", "s::jobs"]
-    assert search.get_trials() == [] and len(queue.study.get_trials()) == 1
+    assert search.get_trials() == [] and len([t for t in queue.study.get_trials() if "job" in t.user_attrs]) == 1
     assert study_names(storage) == ["s"]
     other = JobQueue(storage, "t")  # another search's jobs are apart
     assert other.jobs() == [] and other.results() == {}

@@ -34,7 +34,7 @@ def multi(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, optun
     """Δm against parameter count, TPE with a median pruner configured (it must not be used)."""
     raw = tiny_raw(tmp_path_factory.mktemp("multi"))
     raw["search"].update(n_trials=N_TRIALS, objective="delta_m", cost=["n_params", "flops"], pruner="median", sampler="tpe")
-    config = parse_config(raw)
+    config = parse_config(raw, trust_code=True)
     return config, run_search(config, progress=False)
 
 
@@ -90,7 +90,7 @@ def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_p
     config, study = multi
     front = pareto_front(study)
     member = front[0]
-    metrics = export_trial(study, config.storage, tmp_path / "member", member.number)
+    metrics = export_trial(study, config.storage, tmp_path / "member", member.number, trust_code=True)
     assert metrics["trial"] == member.number and metrics["pareto_front"] and metrics["multi_objective"]
     assert metrics["search_values"] == dict(zip(["delta_m", "n_params", "flops"], member.values))
     # the search scored the trial against the tuned baselines; the export against the mean of the
@@ -103,17 +103,17 @@ def test_export_any_front_member(multi: tuple[SearchConfig, optuna.Study], tmp_p
     assert on_disk["selection"]["architecture"].startswith(f"trial {member.number}")
     # the default is the confirmed answer: the best mean quality over fresh seeds among the front's best
     conf = Confirmation.from_dict(study.user_attrs["confirmation"])
-    assert export_trial(study, config.storage, tmp_path / "default")["design"] == conf.best.label
+    assert export_trial(study, config.storage, tmp_path / "default", trust_code=True)["design"] == conf.best.label
     off = [t for t in study.get_trials(states=[TrialState.COMPLETE]) if t.number not in {f.number for f in front}]
     if off:
-        assert not export_trial(study, config.storage, tmp_path / "off", off[0].number)["pareto_front"]
+        assert not export_trial(study, config.storage, tmp_path / "off", off[0].number, trust_code=True)["pareto_front"]
 
 
 def test_budget_rejects_candidates_before_training(tmp_path: Path) -> None:
     raw = tiny_raw(tmp_path)
     # the tiny trees have about 450 to 1600 parameters: a budget of 1000 rejects some of them
     raw["search"].update(n_trials=8, objective="mean_score", constraints={"max_params": 1000})
-    study = run_search(parse_config(raw), progress=False)
+    study = run_search(parse_config(raw, trust_code=True), progress=False)
     records = {t.number: TrialRecord.of(t) for t in study.trials}
     rejected = [t for t in study.trials if records[t.number].over_budget]
     kept = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -138,7 +138,7 @@ def test_changed_cost_or_budget_is_refused_on_resume(multi: tuple[SearchConfig, 
     config, _ = multi
     raw = dict(config.raw)
     for key, value in (("search.cost", ["n_params"]), ("search.constraints", {"max_params": 10_000})):
-        changed = parse_config(set_key(json.loads(json.dumps(raw)), key, value))
+        changed = parse_config(set_key(json.loads(json.dumps(raw)), key, value), trust_code=True)
         with pytest.raises(ConfigError) as err:
             run_search(changed, progress=False)
         assert err.value.key == key
@@ -162,7 +162,7 @@ def test_weighted_objective(make_config: Callable[..., SearchConfig]) -> None:
 def test_export_retrains_over_seeds(multi: tuple[SearchConfig, optuna.Study], tmp_path: Path) -> None:
     config, study = multi
     member = pareto_front(study)[0]
-    metrics = export_trial(study, config.storage, tmp_path / "r", member.number, retrain_seeds=2)
+    metrics = export_trial(study, config.storage, tmp_path / "r", member.number, retrain_seeds=2, trust_code=True)
     retrain = metrics["retrain"]
     assert retrain["seeds"] == 2 and retrain["n_params"] == TrialRecord.of(member).n_params
     for split in ("val", "test"):
@@ -184,7 +184,9 @@ def test_cli_plot_and_export_trial(multi: tuple[SearchConfig, optuna.Study], tmp
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f"picture: {tmp_path / 'plots' / name}" in out
     member = pareto_front(study)[-1]
-    code, out, err = run("export", "--storage", config.storage, "--out", str(tmp_path / "e"), "--trial", str(member.number))
+    code, out, err = run(
+        "export", "--storage", config.storage, "--out", str(tmp_path / "e"), "--trial", str(member.number), "--trust-code"
+    )
     assert code == 0, err
     assert f"exported trial {member.number} (on the Pareto front of the screening)" in out
 

@@ -55,7 +55,7 @@ def _config(tmp_path: Path, objective: Any, **search: Any) -> automtl.SearchConf
     set_key(raw, "search.n_trials", 3)
     for key, value in search.items():
         set_key(raw, f"search.{key}", value)
-    return automtl.parse_config(raw)
+    return automtl.parse_config(raw, trust_code=True)
 
 
 def test_sealed_split_trips_on_every_read() -> None:
@@ -90,4 +90,4 @@ def test_export_reads_test_split_so_the_seal_is_live(tmp_path: Path) -> None:
     config = _config(tmp_path, "mean_score")
     study = automtl.run_search(config, progress=False)
     with pytest.raises(TestSplitRead):
-        automtl.export_trial(study, config.storage, tmp_path / "bundle")
+        automtl.export_trial(study, config.storage, tmp_path / "bundle", trust_code=True)

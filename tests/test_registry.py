@@ -1,18 +1,23 @@
-"""The string registries: names, wildcards, ``module:function`` paths, errors that list names."""
+"""The string registries: names, wildcards, ``module:function`` paths (refused unless trusted),
+errors that list names."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from automtl.backbones import BACKBONES
 from automtl.balance import BALANCERS
 from automtl.data import DATASETS
-from automtl.errors import AutoMTLError, RegistryError
+from automtl.errors import AutoMTLError, RegistryError, UntrustedCodeError
 from automtl.losses import LOSSES
 from automtl.metrics import METRICS
 from automtl.registry import Registry
 
-ALL = {"backbone": BACKBONES, "balancer": BALANCERS, "data set": DATASETS, "metric": METRICS, "loss": LOSSES}
+ALL: dict[str, Registry[Any]] = {"backbone": BACKBONES, "balancer": BALANCERS, "data set": DATASETS, "metric": METRICS, "loss": LOSSES}
 
 
 def test_register_get_list() -> None:
@@ -42,8 +47,42 @@ def test_module_path_resolves_without_registering() -> None:
     reg: Registry = Registry("widget")
     from tests.helpers import tiny_data
 
-    assert reg.get("tests.helpers:tiny_data") is tiny_data
-    assert len(reg) == 0
+    assert reg.get("tests.helpers:tiny_data", trust_code=True) is tiny_data
+    assert len(reg) == 0 and "tests.helpers:tiny_data" not in reg
+
+
+def _side_effect_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+    """A module ``name`` on ``sys.path`` whose import writes a marker file (the path returned)."""
+    marker = tmp_path / f"{name}.imported"
+    (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n\ndef make():\n    return 'made'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return marker
+
+
+def test_an_import_path_is_refused_unless_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = _side_effect_module(tmp_path, monkeypatch, "automtl_registry_probe")
+    reg: Registry = Registry("widget")
+    with pytest.raises(UntrustedCodeError) as exc:
+        reg.get("automtl_registry_probe:make")
+    assert not marker.exists() and "automtl_registry_probe" not in sys.modules  # nothing was imported
+    message = str(exc.value)
+    assert message.startswith("widget 'automtl_registry_probe:make' is a 'module:function' import path")
+    assert "trust_code=True" in message and "\n" not in message
+    assert isinstance(exc.value, RegistryError)
+    assert reg.get("automtl_registry_probe:make", trust_code=True)() == "made" and marker.exists()
+    # trusted once, remembered: a later lookup (a training step's loss) needs no trust
+    assert reg.get("automtl_registry_probe:make")() == "made"
+    reg.forget_imports()
+    with pytest.raises(UntrustedCodeError):
+        reg.get("automtl_registry_probe:make")
+
+
+@pytest.mark.parametrize("kind", sorted(ALL))
+@pytest.mark.parametrize("path", ["subprocess:run", "os:system"])
+def test_every_registry_refuses_untrusted_import_paths(kind: str, path: str) -> None:
+    with pytest.raises(UntrustedCodeError, match=f"{kind} '{path}' is a 'module:function' import path"):
+        ALL[kind].get(path)
 
 
 def test_errors() -> None:
@@ -53,9 +92,9 @@ def test_errors() -> None:
     assert str(exc.value) == "unknown widget 'nope'; registered: (none); or give 'module:function'"
     assert isinstance(exc.value, KeyError) and isinstance(exc.value, AutoMTLError)
     with pytest.raises(RegistryError, match="cannot import module 'no_such_pkg_xyz'"):
-        reg.get("no_such_pkg_xyz:f")
+        reg.get("no_such_pkg_xyz:f", trust_code=True)
     with pytest.raises(RegistryError, match="module 'tests.helpers' has no attribute 'missing'"):
-        reg.get("tests.helpers:missing")
+        reg.get("tests.helpers:missing", trust_code=True)
 
 
 @pytest.mark.parametrize("kind", sorted(ALL))

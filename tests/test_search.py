@@ -256,7 +256,7 @@ def test_study_with_another_space_is_refused(
     searched: tuple[SearchConfig, optuna.Study], dotted: str, value: Any, key: str
 ) -> None:
     config, _ = searched
-    changed = parse_config(_changed(config.raw, dotted, value))
+    changed = parse_config(_changed(config.raw, dotted, value), trust_code=True)
     with pytest.raises(ConfigError) as exc:
         run_search(changed, progress=False)
     assert exc.value.key == key and f"'{key}'" in str(exc.value) and "tiny" in str(exc.value)
@@ -278,7 +278,7 @@ EQUIVALENT = [
 def test_an_equivalent_config_resumes(searched: tuple[SearchConfig, optuna.Study], dotted: str, value: Any) -> None:
     config, study = searched
     before = len(_jobs(study))
-    study = run_search(parse_config(_changed(config.raw, dotted, value)), progress=False)
+    study = run_search(parse_config(_changed(config.raw, dotted, value), trust_code=True), progress=False)
     assert len(study.trials) == 6 and len(_jobs(study)) == before  # nothing trained again
 
 
@@ -308,7 +308,13 @@ def test_same_seed_reproduces_a_cpu_search(make_config: Callable[..., SearchConf
 def test_search_seeded_from_affinity_runs_the_derived_trees_first(
     make_config: Callable[..., SearchConfig], tmp_path: Path
 ) -> None:
-    from automtl.affinity import best_grouping, grouping_params, load_affinity, measure_affinity, seed_params
+    from automtl.affinity import (
+        best_grouping,
+        grouping_params,
+        load_affinity,
+        measure_affinity,
+        seed_params,
+    )
     from automtl.experiment import prepare
     from automtl.space import SearchSpace
 

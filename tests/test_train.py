@@ -18,6 +18,7 @@ from automtl.data import MultiTaskData
 from automtl.errors import DivergenceError, NonFiniteLossError
 from automtl.experiment import prepare
 from automtl.fixed import default_train_config
+from automtl.losses import LOSSES
 from automtl.train import (
     DIVERGENCE_FACTOR,
     BatchContext,
@@ -136,6 +137,7 @@ def test_train_config_round_trip() -> None:
 
 
 def test_nan_loss_raises_naming_the_task(data: MultiTaskData, backbone: Backbone, nan_loss_calls: dict) -> None:
+    LOSSES.get("tests.helpers:nan_loss", trust_code=True)  # the test's own loss, by import path
     data.tasks = [dataclasses.replace(t, loss="tests.helpers:nan_loss") if t.name == "b" else t for t in data.tasks]
     net = _net(data, backbone)
     before = [p.detach().clone() for p in net.parameters()]
@@ -155,6 +157,7 @@ def test_nan_loss_raises_naming_the_task(data: MultiTaskData, backbone: Backbone
 
 
 def test_nan_loss_stops_before_the_update(data: MultiTaskData, backbone: Backbone, nan_loss_calls: dict) -> None:
+    LOSSES.get("tests.helpers:nan_loss", trust_code=True)
     data.tasks = [dataclasses.replace(t, loss="tests.helpers:nan_loss") if t.name == "b" else t for t in data.tasks]
     nan_loss_calls["calls_left"] = 1
     net = _net(data, backbone)
@@ -168,6 +171,7 @@ def test_nan_loss_stops_before_the_update(data: MultiTaskData, backbone: Backbon
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_finite_losses_whose_sum_overflows_are_not_an_error(data: MultiTaskData, backbone: Backbone) -> None:
     # the per-step check reads the sum of the losses; an overflowing sum of finite losses goes on
+    LOSSES.get("tests.helpers:huge_loss", trust_code=True)
     data.tasks = [dataclasses.replace(t, loss="tests.helpers:huge_loss") if t.name in ("b", "d") else t for t in data.tasks]
     net = _net(data, backbone)
     # one sample per batch, so a task's mean loss is 2e38 and two labelled tasks sum to inf

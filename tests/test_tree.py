@@ -308,3 +308,27 @@ def test_compact_and_render_draw_the_tree() -> None:
         assert f"head {t}" in drawing
     assert "fc3 [c, d]" in drawing
     assert Node(1, ("a", "b")).key == "b1:a+b"
+
+
+@FAST
+@given(trees(), st.data())
+def test_restrict_keeps_each_kept_tasks_path(tree: BranchTree, data: st.DataObject) -> None:
+    keep = data.draw(st.lists(st.sampled_from(tree.tasks), min_size=1, unique=True))
+    sub = tree.restrict(keep)
+    assert_valid(sub)
+    assert list(sub.tasks) == [t for t in tree.tasks if t in keep] and sub.n_blocks == tree.n_blocks
+    for t in sub.tasks:
+        for b in range(tree.n_blocks):
+            # the same block copy, cut down to the kept tasks
+            assert set(sub.part_of(t, b)) == set(tree.part_of(t, b)) & set(keep)
+    assert tree.restrict(tree.tasks) == tree
+
+
+def test_restrict_rejects_bad_task_lists() -> None:
+    tree = BranchTree.hard_sharing(["a", "b"], 2)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['z'\]"):
+        tree.restrict(["a", "z"])
+    with pytest.raises(ValueError, match="at least one task"):
+        tree.restrict([])
+    with pytest.raises(ValueError, match="twice"):
+        tree.restrict(["a", "a"])

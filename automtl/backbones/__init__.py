@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from automtl.backbones._base import BACKBONES, Backbone, create_backbone, register_backbone
+from automtl.backbones._base import (
+    BACKBONES,
+    Backbone,
+    create_backbone,
+    register_backbone,
+)
 from automtl.backbones._cnn import SmallCNN, small_cnn
 from automtl.backbones._mlp import MLPBackbone, mlp
 

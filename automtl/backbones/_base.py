@@ -57,14 +57,21 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     return BACKBONES.register(name)
 
 
-def create_backbone(name: str, input_shape: Sequence[int], **options: Any) -> Backbone:
+def create_backbone(name: str, input_shape: Sequence[int], *, trust_code: bool = False, **options: Any) -> Backbone:
     """Build the backbone registered as ``name`` (or a ``module:function`` path).
 
+    Args:
+        name: A registered backbone name, or an import path.
+        input_shape: Shape of one input, without the batch dimension.
+        trust_code: Allow an import path (importing runs its code; see :mod:`automtl.registry`).
+        options: Keyword options of the factory.
+
     Raises:
+        UntrustedCodeError: An import path without ``trust_code``.
         RegistryError: Unknown name.
         TypeError: The factory did not return a :class:`Backbone`.
     """
-    backbone = BACKBONES.get(name)(tuple(input_shape), **options)
+    backbone = BACKBONES.get(name, trust_code=trust_code)(tuple(input_shape), **options)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone factory '{name}' returned {type(backbone).__name__}, not a Backbone")
     return backbone

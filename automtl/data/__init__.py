@@ -10,9 +10,22 @@ from automtl.data._base import (
     load_dataset,
     register_dataset,
 )
+from automtl.data._preprocess import ArrayInput, Preprocess, TableInput, TargetLabels
 
 # Importing the modules registers their data sets.
 from automtl.data import _csv, _fashion_scenes, _star  # noqa: F401  isort: skip
 from automtl.data._summary import describe_data
 
-__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "describe_data", "load_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "ArrayInput",
+    "MultiTaskData",
+    "Preprocess",
+    "Split",
+    "TableInput",
+    "TargetLabels",
+    "describe_data",
+    "load_dataset",
+    "register_dataset",
+]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from automtl.registry import Registry
 from automtl.tasks import TaskSpec
 
-__all__ = ["DATASETS", "MultiTaskData", "Split", "SPLITS", "load_dataset", "register_dataset"]
+if TYPE_CHECKING:
+    from automtl.data._preprocess import Preprocess
+
+__all__ = ["DATASETS", "SPLITS", "MultiTaskData", "Split", "load_dataset", "register_dataset"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -77,6 +80,11 @@ class MultiTaskData:
         test: Test split (final reporting only).
         input_shape: Shape of one input, without the batch dimension.
         info: Free-form facts about how it was built (sizes, seed, sources).
+        preprocess: How a raw input becomes ``x`` and how labels read, as fitted on the
+            training split (:class:`~automtl.data.Preprocess`: the table's columns, scaling,
+            category vocabularies and missing-value flags, or the array an image model takes;
+            each task's class names). An exported bundle keeps it so that ``automtl predict``
+            takes raw rows; ``None`` means ``x`` is the raw input (an array of ``input_shape``).
     """
 
     name: str
@@ -86,6 +94,7 @@ class MultiTaskData:
     test: Split
     input_shape: tuple[int, ...]
     info: dict[str, Any]
+    preprocess: Preprocess | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -117,11 +126,17 @@ def register_dataset(name: str) -> Callable[[DataFactory], DataFactory]:
     return DATASETS.register(name)
 
 
-def load_dataset(name: str, options: Mapping[str, Any] | None = None) -> MultiTaskData:
+def load_dataset(name: str, options: Mapping[str, Any] | None = None, *, trust_code: bool = False) -> MultiTaskData:
     """Build the data set registered as ``name`` (or a ``module:function`` path) with ``options``.
 
+    Args:
+        name: A registered data-set name, or an import path.
+        options: Keyword options of its factory.
+        trust_code: Allow an import path (importing runs its code; see :mod:`automtl.registry`).
+
     Raises:
+        UntrustedCodeError: An import path without ``trust_code``.
         RegistryError: Unknown name.
         DataError: The data are absent or malformed.
     """
-    return DATASETS.get(name)(**dict(options or {}))
+    return DATASETS.get(name, trust_code=trust_code)(**dict(options or {}))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from automtl.data._base import SPLITS, MultiTaskData, register_dataset
+from automtl.data._preprocess import table_preprocess
 from automtl.data._tabular import (
     TabularEncoder,
     assemble,
@@ -365,7 +366,9 @@ def csv(
         "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in specs},
         "encoding": encoder.describe(),
     }
-    return assemble("csv", tasks, x, splits, y, mask, info)
+    data = assemble("csv", tasks, x, splits, y, mask, info)
+    data.preprocess = table_preprocess(encoder, table[features], specs)
+    return data
 
 
 def _class_task(

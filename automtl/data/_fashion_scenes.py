@@ -5,6 +5,7 @@ The IDX files are read from disk, never downloaded; see :func:`find_fashion_mnis
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from automtl.data._base import SPLITS, MultiTaskData, Split, register_dataset
+from automtl.data._preprocess import Preprocess, TargetLabels
 from automtl.errors import DataError
 from automtl.tasks import TaskSpec
 
@@ -332,8 +334,18 @@ def fashion_scenes(
         "item_plan": "scene_plan(n_train, n_val, n_test, empty_prob, seed) in automtl.data._fashion_scenes",
     }
     info["tasks_kept"] = list(kept)
+    kept_specs = [specs[t] for t in kept]
+    scene_input = Preprocess.for_arrays(
+        kept_specs, (1, 2 * _SIDE, 2 * _SIDE), low=0.0, high=1.0,
+        description="a 28x28 scene (one channel): a 2x2 mosaic of Fashion-MNIST items, each average-pooled 2x2 to "
+        "14x14; pixel values in [0, 1] (byte / 255)",
+    )  # fmt: skip
+    targets = dict(scene_input.targets)
+    if "count" in targets:
+        targets["count"] = TargetLabels("regression", unit="items per scene (0-4)")
+    preprocess = dataclasses.replace(scene_input, targets=targets)
     train, val, test = (split_tensors(s) for s in SPLITS)
-    return MultiTaskData("fashion_scenes", [specs[t] for t in kept], train, val, test, (1, 28, 28), info)
+    return MultiTaskData("fashion_scenes", kept_specs, train, val, test, (1, 28, 28), info, preprocess)
 
 
 def _kept_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:

