@@ -99,14 +99,22 @@ class Supernet(nn.Module):
         self.copies = nn.ModuleList(
             [nn.ModuleList([backbone.make_block(b) for _ in self.tasks]) for b in range(backbone.n_blocks)]
         )
-        self.heads = nn.ModuleDict({t.name: nn.Linear(backbone.out_features, t.output_dim) for t in self.tasks})
+        # one head per task and per copy of the last block it may read (copies 0..t for task t)
+        self.heads = nn.ModuleDict(
+            {t.name: nn.ModuleList([nn.Linear(backbone.out_features, t.output_dim) for _ in range(i + 1)])
+             for i, t in enumerate(self.tasks)}
+        )  # fmt: skip
 
     def block(self, b: int, copy: int) -> nn.Module:
         """Copy ``copy`` of block ``b``."""
         return self.copies[b][copy]  # type: ignore[index,no-any-return]
 
-    def head(self, task: TaskSpec, z: torch.Tensor) -> torch.Tensor:
-        y = self.heads[task.name](z)
+    def head_module(self, task: str, copy: int) -> nn.Module:
+        """The head of ``task`` that reads copy ``copy`` of the last block."""
+        return self.heads[task][copy]  # type: ignore[index,no-any-return]
+
+    def head(self, task: TaskSpec, z: torch.Tensor, copy: int) -> torch.Tensor:
+        y = self.head_module(task.name, copy)(z)
         return y.squeeze(-1) if task.output_dim == 1 else y
 
     def forward_paths(self, x: torch.Tensor, paths: Mapping[str, Path]) -> dict[str, torch.Tensor]:
@@ -124,7 +132,7 @@ class Supernet(nn.Module):
                 out[path] = self.block(len(path) - 1, path[-1])(along(path[:-1]))
             return out[path]
 
-        return {t.name: self.head(t, along(tuple(paths[t.name]))) for t in self.tasks}
+        return {t.name: self.head(t, along(tuple(paths[t.name])), paths[t.name][-1]) for t in self.tasks}
 
     def forward_tree(self, x: torch.Tensor, tree: BranchTree) -> dict[str, torch.Tensor]:
         """The outputs of ``tree`` with the supernet's weights, ``{task: [N] or [N, C]}``; each node once.
@@ -137,7 +145,7 @@ class Supernet(nn.Module):
         for node in tree.nodes():
             parent = tree.parent(node)
             out[node] = self.block(node.block, anchor(tree, node))(x if parent is None else out[parent])
-        return {t.name: self.head(t, out[tree.leaf(t.name)]) for t in self.tasks}
+        return {t.name: self.head(t, out[tree.leaf(t.name)], anchor(tree, tree.leaf(t.name))) for t in self.tasks}
 
     def extract(self, tree: BranchTree) -> BranchedNet:
         """The stand-alone network of ``tree`` with the supernet's weights copied in (on the CPU)."""
@@ -145,7 +153,7 @@ class Supernet(nn.Module):
         for node in tree.nodes():
             net.node_module(node).load_state_dict(self.block(node.block, anchor(tree, node)).state_dict())
         for t in self.tasks:
-            net.heads[t.name].load_state_dict(self.heads[t.name].state_dict())
+            net.heads[t.name].load_state_dict(self.head_module(t.name, anchor(tree, tree.leaf(t.name))).state_dict())
         return net
 
 
@@ -196,6 +204,19 @@ def path_sampler(sample_tree: Callable[[random.Random], BranchTree], draws: int 
     return sample
 
 
+def sandwich_sampler(sample_tree: Callable[[random.Random], BranchTree], tasks: Sequence[str], n_blocks: int) -> Callable[[random.Random], list[dict[str, Path]]]:
+    """The sandwich rule (Yu et al., BigNAS, ECCV 2020): each step trains the smallest tree (hard
+    sharing), the largest (single-task networks) and one drawn by ``sample_tree``."""
+    smallest = {t: (0,) * n_blocks for t in tasks}
+    largest = {t: (i,) * n_blocks for i, t in enumerate(tasks)}
+
+    def sample(rng: random.Random) -> list[dict[str, Path]]:
+        tree = sample_tree(rng)
+        return [smallest, largest, {task: task_path(tree, task) for task in tree.tasks}]
+
+    return sample
+
+
 def tree_sampler(sample_tree: Callable[[random.Random], BranchTree]) -> Callable[[random.Random], dict[str, Path]]:
     """The paths of one tree drawn by ``sample_tree`` (single-path training of whole trees, SPOS)."""
 
@@ -229,7 +250,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
 def train_supernet(
     supernet: Supernet,
     data: MultiTaskData,
-    sample: Callable[[random.Random], Mapping[str, Path]],
+    sample: Callable[[random.Random], Mapping[str, Path] | list[dict[str, Path]]],
     train: TrainConfig,
     *,
     budget_tre: float,
@@ -276,25 +297,30 @@ def train_supernet(
     while done.tre < budget_tre:
         epoch, index = divmod(done.steps, steps_per_epoch)
         rows = _batches(n, train.batch_size, seed, epoch)[index].to(device)
-        paths = sample(random.Random(derive_seed(seed, "tree", done.steps)))
+        drawn = sample(random.Random(derive_seed(seed, "tree", done.steps)))
+        path_sets = drawn if isinstance(drawn, list) else [drawn]
         torch.manual_seed(derive_seed(seed, "step", done.steps))
         batch = split.subset(rows)
-        outputs = supernet.forward_paths(batch.x, paths)
-        losses = {}
-        for task in supernet.tasks:
-            loss = masked_loss(task, outputs[task.name], batch.y[task.name], batch.mask[task.name])
-            if loss is not None:
-                losses[task.name] = loss
-        if losses:
-            total = torch.stack(list(losses.values())).sum()
-            if not math.isfinite(float(total.detach())):
-                bad = next(t for t, v in losses.items() if not math.isfinite(float(v.detach())))
-                raise NonFiniteLossError(bad, epoch, done.steps, float(losses[bad].detach()))
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
+        optimizer.zero_grad(set_to_none=True)
+        stepped = False
+        for paths in path_sets:  # several sub-networks in one step: their gradients add up
+            outputs = supernet.forward_paths(batch.x, paths)
+            losses = {}
+            for task in supernet.tasks:
+                loss = masked_loss(task, outputs[task.name], batch.y[task.name], batch.mask[task.name])
+                if loss is not None:
+                    losses[task.name] = loss
+            if losses:
+                total = torch.stack(list(losses.values())).sum()
+                if not math.isfinite(float(total.detach())):
+                    bad = next(t for t, v in losses.items() if not math.isfinite(float(v.detach())))
+                    raise NonFiniteLossError(bad, epoch, done.steps, float(losses[bad].detach()))
+                total.backward()
+                stepped = True
+            done.tre += (len(rows) / n) / train.epochs * paths_flops(paths, per_block, head) / hps_flops
+        if stepped:
             optimizer.step()
         done.steps += 1
-        done.tre += (len(rows) / n) / train.epochs * paths_flops(paths, per_block, head) / hps_flops
         done.seconds = time.perf_counter() - start
         if checkpoint is not None and done.steps % checkpoint_every == 0:
             checkpoint(done, optimizer)
@@ -399,7 +425,7 @@ class ProxyEvaluator:
         if key not in self._metric:
             _, z = self._activations(path)
             with torch.no_grad():
-                output = self.supernet.head(task, z)
+                output = self.supernet.head(task, z, path[-1])
             self._metric[key] = compute_metric(task, output, self._val.y[task.name], self._val.mask[task.name])
         return self._metric[key]
 

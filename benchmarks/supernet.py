@@ -53,6 +53,7 @@ from automtl.supernet import (
     ProxyEvaluator,
     Supernet,
     path_sampler,
+    sandwich_sampler,
     train_supernet,
     tree_sampler,
 )
@@ -128,7 +129,12 @@ def proxy_table(config: SearchConfig, experiment: Experiment, budget: float, see
     torch.manual_seed(seed)
     supernet = Supernet(experiment.backbone, experiment.data.tasks)
     start = time.perf_counter()
-    sample = path_sampler(space.random_tree) if sampling == "paths" else tree_sampler(space.random_tree)
+    samplers = {
+        "paths": lambda: path_sampler(space.random_tree),
+        "trees": lambda: tree_sampler(space.random_tree),
+        "sandwich": lambda: sandwich_sampler(space.random_tree, space.tasks, space.n_blocks),
+    }
+    sample = samplers[sampling]()
     done, _ = train_supernet(supernet, experiment.data, sample, _train_settings(config), budget_tre=budget,
                              hps_flops=hps_flops, seed=seed)  # fmt: skip
     train_seconds = time.perf_counter() - start
