@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "--restrict-to-affinity", action="store_true", help="with --seed-from-affinity: fix the task grouping to the affinity's best"
     )
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage (the answer is then a screening value)")
+    p.add_argument(
+        "--strategy", choices=["full", "supernet"], help="screening by full trainings, or by one weight-sharing supernet (search.strategy)"
+    )
     p.add_argument("--artifacts", metavar="DIR", help="folder of the weights (default: beside a SQLite/journal file)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: train.threads, else cores / workers)")
     p.add_argument("--workers", type=int, help="run N local worker processes on the study (one progress bar)")
@@ -172,6 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         import time
 
         config = automtl.load_config(args.config, trust_code=args.trust_code)
+        if args.strategy is not None:  # into the config itself, so that the study records it
+            raw = {"name": config.name, **config.raw}
+            raw["search"] = {**dict(raw.get("search") or {}), "strategy": args.strategy}
+            config = automtl.parse_config(raw, config.source, trust_code=args.trust_code)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError("--n-trials", f"must be an integer >= 1, got {args.n_trials}")
         started = time.monotonic()
