@@ -81,7 +81,6 @@ from automtl.seeds import (
 )
 from automtl.space import Candidate, SearchSpace
 from automtl.study import (
-    MAX_RETRY,
     DesignRuns,
     TrialRecord,
     active_runs,
@@ -92,6 +91,7 @@ from automtl.study import (
     finished_trials,
     open_storage,
     read_attr,
+    retry_trial,
     write_attr,
 )
 from automtl.train import EpochResult, seed_everything
@@ -295,14 +295,9 @@ def _enqueue_first(search: _Search, seeds: Sequence[dict[str, Any]]) -> None:
 
 
 def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Enqueue a copy of an interrupted trial (at most :data:`MAX_RETRY` times), as Optuna's
-    heartbeat does for a killed worker's trial."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-    if len(frozen.system_attrs.get("retry_history", [])) >= MAX_RETRY:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+    """Enqueue a copy of an interrupted trial (at most :data:`MAX_RETRY` times), as the heartbeat
+    does for a killed worker's trial."""
+    retry_trial(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
 class _Screen:
@@ -313,11 +308,13 @@ class _Screen:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         s = self.search
-        s.last.append(trial.number)
-        record = TrialRecord.fresh(trial)
-        try:
+        record: TrialRecord | None = None
+        try:  # from the first line: an interrupt anywhere in the trial fails it as interrupted
+            s.last.append(trial.number)
+            record = TrialRecord.fresh(trial)
             return self._run(trial, record)
         except KeyboardInterrupt:
+            record = record or TrialRecord.fresh(trial)
             record.interrupted = "interrupted"
             record.save(trial)
             _retry_later(s.study, trial)
