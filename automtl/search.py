@@ -633,7 +633,8 @@ def run_search(
         confirm: ``False`` skips the confirmation stage (default: ``config.confirm_seeds > 0``).
         artifacts: Folder of the weights (default ``config.artifacts``, else beside a SQLite or
             journal file; required for a server storage).
-        worker: This worker's index (its sampler seed; :func:`automtl.seeds.sampler_seed`).
+        worker: This worker's index: its sampler seed (:func:`automtl.seeds.sampler_seed`), unless another
+            worker of the study holds that seed already (then one derived from it).
         threads: Torch intra-op threads (default ``config.threads``, else torch's default).
 
     Returns:
@@ -676,8 +677,8 @@ def run_search(
     store_dir = artifact_dir(config.storage, config.artifacts)
     sampler = _with_grouping(_make_sampler(config, sampler_seed(config.seed, worker)), fixed_grouping)
     study, jobs = _open_study(config, spec, sampler, str(store_dir))
-    if len(study.trials):  # a resumed study must not replay the candidates its seeded sampler drew before
-        study.sampler = _with_grouping(_make_sampler(config, derive_seed(config.seed, "sampler", worker, len(study.trials))), fixed_grouping)
+    seed = _claim_sampler_seed(jobs, config.seed, worker, len(study.trials))
+    study.sampler = _with_grouping(_make_sampler(config, seed), fixed_grouping)
     store_dir = artifact_dir(config.storage, config.artifacts, study)
     store_dir.mkdir(parents=True, exist_ok=True)
     search = _Search(config, experiment, space, spec, config.device, study, jobs, FileSystemArtifactStore(str(store_dir)), say,
@@ -701,6 +702,25 @@ def run_search(
             _confirm(search)
     write_attr(study, f"wall_seconds/{worker}", round(time.monotonic() - started, 1))
     return study
+
+
+def _claim_sampler_seed(jobs: JobQueue, study_seed: int, worker: int, n_trials: int) -> int:
+    """This worker's sampler seed, one that no other worker of the study holds.
+
+    In a new study, its index's seed (:func:`automtl.seeds.sampler_seed`); in a resumed one, a
+    seed derived from the number of trials so far (so that it does not replay the candidates
+    drawn before). Each seed is claimed through the storage (:meth:`JobQueue.claim`): where
+    another worker holds it (processes started together with the same ``--worker-index``, which
+    would otherwise propose the same candidates), the next seed derived from it is tried.
+    """
+    for attempt in range(1000):
+        if attempt == 0:
+            seed = sampler_seed(study_seed, worker) if n_trials == 0 else derive_seed(study_seed, "sampler", worker, n_trials)
+        else:
+            seed = derive_seed(study_seed, "sampler", worker, n_trials, attempt)
+        if jobs.claim(f"sampler-seed/{seed}"):
+            return seed
+    raise AssertionError("no free sampler seed among 1000")
 
 
 def _with_grouping(sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any] | None) -> optuna.samplers.BaseSampler:
