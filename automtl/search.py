@@ -335,11 +335,9 @@ class _Screen:
         tuning = tuning_job_for(candidate, s.config, s.tasks, s.experiment.backbone.n_blocks)
         if tuning is not None:
             return self._from_baselines(trial, record, candidate, tuning)
-        others = active_runs(trials, record.key, trial.number)
-        if others:
-            record.repeat_of = min(t.number for t in others)
-            if len(others) >= MAX_SCREEN_RUNS:
-                return self._answer(trial, record, others)
+        trains, record.repeat_of, others = self._take_run(trial.number, record.key)
+        if not trains:
+            return self._answer(trial, record, others)
         record.save(trial)
         seed_everything(candidate.train.seed)
         net = build_model(candidate.tree, s.experiment.backbone, s.experiment.data.tasks, s.device)
@@ -364,6 +362,26 @@ class _Screen:
         record.save(trial)
         values = s.spec.values(run.val_metrics, s.baselines.val if s.baselines else None, costs)
         return values if s.spec.is_multi else values[0]
+
+    def _take_run(self, number: int, key: str) -> tuple[bool, int | None, list[FrozenTrial]]:
+        """Whether trial ``number`` trains design ``key`` (one of its :data:`MAX_SCREEN_RUNS`
+        runs), the number of the design's first run (``None``: this is it), and its other runs.
+
+        Workers that sample one design at the same moment agree through a line of tickets in the
+        storage (:meth:`JobQueue.tickets`, ``run/<key>``): the first :data:`MAX_SCREEN_RUNS`
+        trials in the line train it. A retry copy stands where the trial it retries stood; runs
+        of a study begun by an older automtl, without tickets, stand before the line.
+        """
+        s = self.search
+        trials = s.study.get_trials(deepcopy=False)
+        me = _lineage(next(t for t in trials if t.number == number))
+        s.jobs.tickets(f"run/{key}", trial=me)
+        trials = s.study.get_trials(deepcopy=False)
+        others = active_runs(trials, key, number)
+        line = list(dict.fromkeys(ticket["trial"] for ticket in s.jobs.line(f"run/{key}")))  # read after the runs
+        order = sorted({_lineage(t) for t in others} - set(line)) + line
+        first = None if order.index(me) == 0 else _current(order[0], trials)
+        return order.index(me) < MAX_SCREEN_RUNS, first, others
 
     def _from_baselines(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate, job: str) -> float | list[float]:
         """The single-task design at a rate the baselines tuned: their run, not trained again (not counted)."""
@@ -425,6 +443,18 @@ class _Screen:
                 raise optuna.TrialPruned(record.pruned_reason)
 
         return on_epoch
+
+
+def _lineage(trial: FrozenTrial) -> int:
+    """The number of the first trial of ``trial``'s retries (its own number if it is no retry)."""
+    return int(trial.system_attrs.get("retry_history", [trial.number])[0])
+
+
+def _current(lineage: int, trials: Sequence[FrozenTrial]) -> int:
+    """The trial of a lineage (:func:`_lineage`) that is running or was trained: its last retry
+    that is; ``lineage`` itself when none is."""
+    alive = [t.number for t in trials if _lineage(t) == lineage and (t.state == TrialState.RUNNING or counts_toward_total(t))]
+    return max(alive, default=lineage)
 
 
 def screening_trials(study: optuna.Study) -> list[FrozenTrial]:
