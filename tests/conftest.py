@@ -19,6 +19,7 @@ from automtl.backbones import Backbone, create_backbone
 from automtl.config import SearchConfig, parse_config
 from automtl.data import MultiTaskData
 from tests import helpers
+from tests.postgres import NO_SERVER, PostgresServer, find_server
 
 # The tests train networks of a few hundred parameters: one intra-op thread is faster than
 # two, and keeps the suite's time steady when other processes share the CPU.
@@ -127,3 +128,24 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConfig, An
     raw = set_key(tiny_raw(tmp_path_factory.mktemp("searched")), "search.n_trials", 5)
     config = parse_config(set_key(raw, "search.confirm", {"top_k": 2, "seeds": 2}))
     return config, run_search(config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (:mod:`tests.postgres`), stopped at its end
+    whatever happens; the test skips only where no server is installed (never in CI)."""
+    bin_dir = find_server()
+    if bin_dir is None:
+        pytest.skip(NO_SERVER)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/DB``: a new, empty database on the session's server."""
+    return postgres_server.create_database()
