@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -168,7 +172,6 @@ def _run(args: argparse.Namespace) -> int:
     import automtl
     from automtl import report
     from automtl.errors import ConfigError
-    from automtl.search import sigterm_as_interrupt
     from automtl.study import artifact_dir
 
     if args.command == "search":
@@ -202,8 +205,7 @@ def _run(args: argparse.Namespace) -> int:
 
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
             workers = args.workers if args.workers is not None else len(devices or [1])
-            with sigterm_as_interrupt():
-                study = run_workers(config, workers, devices=devices, **options)
+            study = run_workers(config, workers, devices=devices, **options)
         else:
             study = automtl.run_search(config, worker=args.worker_index, **options)
         print(report.format_summary(study, time.monotonic() - started))
@@ -342,17 +344,41 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``automtl`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    previous = _sigterm_as_interrupt()  # before the first import of automtl (torch: seconds)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print(f"automtl {args.command}: interrupted; finished trials are kept in the storage", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     from automtl.errors import AutoMTLError
 
-    args = _parser().parse_args(argv)
     try:
         return _run(args)
     except (AutoMTLError, LookupError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"automtl {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"automtl {args.command}: interrupted; finished trials are kept in the storage", file=sys.stderr)
-        return 130
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (batch schedulers, containers, ``kill``) raises KeyboardInterrupt from here on, as
+    Ctrl-C does, for the whole command (the imports included): a search fails its running trial
+    as interrupted and says so in one line. Returns the handler to restore (``None``: unchanged)."""
+    if os.name != "posix" or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ workers share them through the storage the same way they share trials:
   running or done;
 * :meth:`JobQueue.work` lets this worker run waiting jobs one at a time (a waiting trial is
   claimed atomically by the storage, so no job runs twice), with the heartbeat of
-  :mod:`automtl.study`: a job whose worker was killed is failed and retried;
+  :mod:`automtl.study`: a job whose worker was killed is failed, and the next
+  :meth:`JobQueue.wait` submits it again;
 * :meth:`JobQueue.wait` blocks until every job of a list of keys is done (running what it
   can meanwhile), and :meth:`JobQueue.results` returns what they recorded.
 
@@ -98,21 +99,35 @@ class JobQueue:
     # --------------------------------------------------------------------------------- writing
     def claim(self, name: str) -> bool:
         """Whether this caller is the first to claim ``name``: one claimant wins, whatever the
-        number of workers asking at the same moment.
+        number of workers asking at the same moment (the first of its :meth:`tickets`)."""
+        rank, _ = self.tickets(name)
+        return rank == 0
 
-        Each claimant adds a finished marker trial (the storage numbers trials atomically); the
-        claimant whose marker has the smallest number wins. A later claimant always sees the
-        earlier marker, since its own number was given after it.
+    def tickets(self, name: str, **facts: Any) -> tuple[int, list[dict[str, Any]]]:
+        """Take a ticket in the line ``name``; returns its rank (0: first) and every ticket of the
+        line so far, oldest first, each a mapping of its ``facts`` (JSON values), ``host``,
+        ``pid`` and ``time``.
+
+        Each ticket is a finished marker trial (the storage numbers trials atomically); the line
+        is in the order of their numbers. A later ticket always sees every earlier one, since
+        its own number was given after the earlier ones were stored: workers asking at the same
+        moment agree on the order.
         """
         token = uuid.uuid4().hex
-        marker = {"claim": name, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        marker = {**facts, "claim": name, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         self.study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, user_attrs=marker))
-        claims = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("claim") == name]
-        return bool(min(claims, key=lambda t: t.number).user_attrs["token"] == token)
+        line = self.line(name)
+        return next(i for i, ticket in enumerate(line) if ticket["token"] == token), line
+
+    def line(self, name: str) -> list[dict[str, Any]]:
+        """The tickets of line ``name`` so far, oldest first (see :meth:`tickets`)."""
+        markers = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("claim") == name]
+        return [dict(t.user_attrs) for t in sorted(markers, key=lambda t: t.number)]
 
     def submit(self, jobs: Sequence[Mapping[str, Any]]) -> None:
         """Enqueue each job unless one with its ``key`` is waiting, running, done, or failed with
-        a recorded reason (a job killed with its worker is retried by the heartbeat instead).
+        a recorded reason (a job that ended without a result, its worker interrupted or killed,
+        is submitted again).
         Each key is claimed first (:meth:`claim`), so workers submitting together enqueue it once."""
         present = {
             key

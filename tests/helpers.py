@@ -4,6 +4,8 @@
   to train on a CPU;
 * :func:`nan_loss`: MSE that returns NaN for its first ``NAN_LOSS["calls_left"]`` calls;
 * :func:`huge_loss`: a finite loss whose sum over two tasks overflows;
+* :func:`sleepy_loss`: squared error after sleeping :data:`SLEEPY_SECONDS` (a training run that
+  lasts, without using the CPU: for the workers' chaos tests);
 * :func:`tiny_backbone` / :func:`not_a_backbone`: a user backbone, and a broken factory;
 * functions whose signatures do not fit what YAML names them for: :func:`backbone_without_shape`,
   :func:`loss_of_one_argument`, :func:`plain_metric` (a function, not a ``Metric``),
@@ -12,6 +14,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +37,7 @@ __all__ = [
     "nan_loss",
     "not_a_backbone",
     "plain_metric",
+    "sleepy_loss",
     "tiny_backbone",
     "tiny_data",
 ]
@@ -113,6 +118,16 @@ def nan_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         NAN_LOSS["calls_left"] -= 1
         return loss * float("nan")
     return loss
+
+
+#: Seconds :func:`sleepy_loss` sleeps per call (environment: ``AUTOMTL_TEST_SLEEPY_SECONDS``).
+SLEEPY_SECONDS = float(os.environ.get("AUTOMTL_TEST_SLEEPY_SECONDS", "0.1"))
+
+
+def sleepy_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error, after sleeping :data:`SLEEPY_SECONDS`: a run that takes time but no CPU."""
+    time.sleep(SLEEPY_SECONDS)
+    return (output - target) ** 2
 
 
 def huge_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
