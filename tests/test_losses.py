@@ -89,7 +89,7 @@ def test_fused_mean_equals_per_sample_mean_in_value_and_gradient(case: str) -> N
 
 
 def test_a_registered_loss_without_a_fused_form_is_averaged_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    cubed = lambda output, target: (output - target).abs() ** 3  # noqa: E731
+    cubed = lambda output, target: (output - target).abs() ** 3
     monkeypatch.setitem(LOSSES._entries, "cubed", cubed)
     out, target = torch.tensor([1.0, 2.0, 5.0]), torch.tensor([0.0, 0.0, 1.0])
     mask = torch.tensor([True, False, True])

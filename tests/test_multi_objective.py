@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 
 from automtl import report
 from automtl.config import SearchConfig, parse_config
+from automtl.confirm import Confirmation
 from automtl.errors import ConfigError
 from automtl.experiment import prepare
 from automtl.export import export_trial
 from automtl.metrics import delta_m
 from automtl.search import run_search
-from automtl.confirm import Confirmation
 from automtl.study import TrialRecord, is_multi_objective, objective_names, pareto_front
 from tests.conftest import set_key, tiny_raw
 from tests.test_cli import run

@@ -19,7 +19,14 @@ from automtl.errors import BaselineError, ConfigError
 from automtl.jobs import JobQueue
 from automtl.search import MAX_SCREEN_RUNS, run_search
 from automtl.seeds import baseline_tuning_seed, confirmation_seeds
-from automtl.study import TrialRecord, artifact_dir, designs, finished_trials, load_study, study_config
+from automtl.study import (
+    TrialRecord,
+    artifact_dir,
+    designs,
+    finished_trials,
+    load_study,
+    study_config,
+)
 from automtl.tree import BranchTree
 from tests.conftest import set_key
 
@@ -185,7 +192,7 @@ def test_baselines_no_better_than_a_constant_fail_the_search(make_config: Callab
 def test_interrupted_trial_does_not_count_and_is_retried(
     make_config: Callable[..., SearchConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import automtl.search as search_module
+    import automtl.screening as search_module  # the screening trials train through it
 
     config = make_config({"search.n_trials": 4, "search.confirm": False})
     first = len(run_search(config, n_trials=3, progress=False).trials)

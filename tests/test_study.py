@@ -154,7 +154,7 @@ def test_a_running_trial_with_an_old_heartbeat_is_stale_a_fresh_one_is_not(tmp_p
 
 
 def test_fail_stale_trials_fails_a_dead_trial_and_enqueues_one_retry(tmp_path: Path) -> None:
-    storage, study = _journal(tmp_path)
+    storage, study = _journal(tmp_path, grace=5)  # a heartbeat 10 s old is stale; a fresh one stays fresh under load
     dead, alive = _running_since(study, 30), _running_since(study, 30)
     storage.set_trial_system_attr(dead._trial_id, "automtl:heartbeat", time.time() - 10)
     storage.record_heartbeat(alive._trial_id)

@@ -182,7 +182,7 @@ def test_runs_of_a_design_are_taken_in_line_whatever_the_interleaving(tmp_path: 
     from types import SimpleNamespace
 
     from automtl.jobs import JobQueue
-    from automtl.search import _Screen
+    from automtl.screening import Screen as _Screen
     from automtl.study import retry_trial
 
     storage = open_storage(f"sqlite:///{tmp_path / 'line.db'}", create=True)

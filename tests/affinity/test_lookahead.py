@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from automtl.affinity import GradientCosine, LookaheadAffinity, TrainingStateGuard, shared_parameters
+from automtl.affinity import (
+    GradientCosine,
+    LookaheadAffinity,
+    TrainingStateGuard,
+    shared_parameters,
+)
 from automtl.balance import create_balancer
 from automtl.build import BranchedNet
 from automtl.train import OPTIMIZERS, BatchContext, TrainConfig, fit, task_losses

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from automtl.affinity import DEFAULT_EVERY, format_affinity, load_affinity, measure_affinity, train_config_for
+from automtl.affinity import (
+    DEFAULT_EVERY,
+    format_affinity,
+    load_affinity,
+    measure_affinity,
+    train_config_for,
+)
 from automtl.config import SearchConfig
 from automtl.tree import BranchTree
 

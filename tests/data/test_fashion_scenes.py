@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from automtl.data import _fashion_scenes as fs
-from automtl.data._fashion_scenes import CLASS_TASKS, IDX_FILES, fashion_scenes, find_fashion_mnist, scene_plan
+from automtl.data._fashion_scenes import (
+    CLASS_TASKS,
+    IDX_FILES,
+    fashion_scenes,
+    find_fashion_mnist,
+    scene_plan,
+)
 from automtl.errors import DataError
 
 SMALL = {"n_train": 200, "n_val": 50, "n_test": 50}
