@@ -204,7 +204,7 @@ def test_workers_share_one_study_and_another_folder_reads_it(storage: str, tmp_p
     is trained twice undeclared, every job ran once, each worker had its own sampler seed; then
     ``export`` and ``show`` in another folder, with only the storage URL and ``--artifacts``,
     reproduce an export made beside the study."""
-    config = parse_config(workers_raw(tmp_path, storage))
+    config = parse_config(workers_raw(tmp_path, storage), trust_code=True)
     first = run_search(config, n_trials=2, confirm=False, progress=False)  # baselines and the obvious designs
     for _ in range(4):  # the same design proposed 4 more times, to 3 workers at once: trained once more, no more
         first.enqueue_trial(dict(first.trials[0].params))
@@ -219,14 +219,14 @@ def test_workers_share_one_study_and_another_folder_reads_it(storage: str, tmp_p
     assert len([line for line in lines if line.startswith("trial ")]) == len(
         [t for t in study.trials if not TrialRecord.of(t).surplus and t.state != TrialState.FAIL]
     )
-    here = export_trial(study, storage, tmp_path / "here")
+    here = export_trial(study, storage, tmp_path / "here", trust_code=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
         "import sys, cli; "
-        f"sys.exit(cli.main(['export', '--storage', {storage!r}, '--artifacts', {str(tmp_path / 'artifacts')!r}, "
+        f"sys.exit(cli.main(['export', '--trust-code', '--storage', {storage!r}, '--artifacts', {str(tmp_path / 'artifacts')!r}, "
         "'--out', 'bundle']) or cli.main(['show', '--storage', "
-        f"{storage!r}, '--artifacts', {str(tmp_path / 'artifacts')!r}]) or cli.main(['evaluate', 'bundle', '--split', 'test']))"
+        f"{storage!r}, '--artifacts', {str(tmp_path / 'artifacts')!r}]) or cli.main(['evaluate', '--trust-code', 'bundle', '--split', 'test']))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], check=False, cwd=elsewhere, env=worker_env(), capture_output=True, text=True, timeout=300
@@ -252,7 +252,7 @@ def test_eight_processes_started_in_the_same_second(storage: str, tmp_path: Path
     config = write_config(tmp_path, workers_raw(tmp_path, storage, SMALL_SPACE))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    command = [sys.executable, str(CLI), "search", str(config), "--n-trials", "8", "--no-progress", "--threads", "1"]
+    command = [sys.executable, str(CLI), "search", str(config), "--trust-code", "--n-trials", "8", "--no-progress", "--threads", "1"]
     procs = [
         subprocess.Popen(command, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(8)
@@ -282,7 +282,7 @@ CHAOS_TOTAL = 12
 
 
 def _start_worker(config: Path, cwd: Path, index: int) -> subprocess.Popen[str]:
-    command = [sys.executable, str(CLI), "search", str(config), "--no-progress", "--threads", "1", "--worker-index", str(index)]
+    command = [sys.executable, str(CLI), "search", str(config), "--trust-code", "--no-progress", "--threads", "1", "--worker-index", str(index)]
     return subprocess.Popen(
         command, cwd=cwd, env=worker_env(**HEARTBEAT_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -404,7 +404,7 @@ def test_workers_killed_at_random_moments(kind: str, sig: signal.Signals, tmp_pa
             _, err = p.communicate()
             assert p.returncode == 0, err
     assert len(stopped) == CHAOS_ROUNDS, "the search ended before every round ran; raise CHAOS_TOTAL"
-    rerun = run_search(load_config(config), progress=False)
+    rerun = run_search(load_config(config, trust_code=True), progress=False)
     assert len(finished_trials(rerun)) == CHAOS_TOTAL
     study = check_study(storage, "tiny", CHAOS_TOTAL)
     trials = study.get_trials(deepcopy=False)
