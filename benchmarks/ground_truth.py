@@ -292,7 +292,7 @@ def sampled_trees(
 ) -> list[str]:
     """The trees (compact form) that one Optuna search samples in ``n_trials`` trials, each
     trial returning the tabled Δm of its tree; the sampler is automtl's (``_make_sampler``)."""
-    sampler = _make_sampler(with_search(config, sampler=sampler_name, seed=seed))
+    sampler = _make_sampler(with_search(config, sampler=sampler_name, seed=seed), seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     seen: list[str] = []
 

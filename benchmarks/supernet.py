@@ -1,6 +1,6 @@
 """One-shot screening: how well the supernet ranks trees, what it costs, and what it finds.
 
-Part 1, **ranking** (``--ranking``): on the ground-truth space (``benchmarks/ground_truth.py``:
+Part 1, **ranking** (``--ranking``): on the ground-truth space (``benchmarks/ground_truth_scenes.py``:
 4 Fashion-MNIST scene tasks, ``small_cnn`` with 3 blocks, 154 trees, every tree trained alone
 with several seeds, the table in ``benchmarks/data/ground_truth_scenes.json``), train the
 supernet (:mod:`automtl.supernet`) with several budgets and seeds, score every tree with its
@@ -59,6 +59,7 @@ from automtl.supernet import (
 )
 from automtl.train import TrainConfig
 from automtl.tree import BranchTree
+from benchmarks.ground_truth_scenes import GT_RAW
 from benchmarks.results_md import machine, write_section
 
 TABLE = ROOT / "benchmarks" / "data" / "ground_truth_scenes.json"
@@ -67,20 +68,7 @@ CACHE = RUNS / "supernet.json"
 RANKING = "## One-shot screening: ranking"
 SEARCHES = "## One-shot screening: searches"
 
-GT_RAW: dict[str, Any] = {
-    "name": "ground_truth_scenes",
-    "data": {
-        "name": "fashion_scenes",
-        "options": {
-            "n_train": 3000, "n_val": 1000, "n_test": 2000, "missing_label_fraction": 0.2, "seed": 0,
-            "tasks": ["has_tshirt", "has_shirt", "has_sneaker", "count"],
-        },
-    },
-    "backbone": {"name": "small_cnn", "options": {"channels": [8, 16], "hidden": 32}},
-    "space": {"max_groups": 4, "balancers": ["equal"]},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 3.0e-3, "weight_decay": 1.0e-4},
-    "device": "cpu",
-}  # fmt: skip
+# the ground-truth space and its table: benchmarks/ground_truth_scenes.py
 
 
 # ------------------------------------------------------------------------------------ ranking
