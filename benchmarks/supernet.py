@@ -211,8 +211,8 @@ def ranking(args: argparse.Namespace) -> str:
     lines = [
         RANKING,
         "",
-        ("The supernet's proxy against every tree trained alone, on the ground-truth space (154 trees; see \"Ground truth on a "
-        "small space\"). Truth: each tree's validation Δm, mean over the table's seeds, each seed against the single-task "
+        ("The supernet's proxy against every tree trained alone, on the ground-truth space (154 trees; see \"Ground truth on the "
+        "scenes space\"). Truth: each tree's validation Δm, mean over the table's seeds, each seed against the single-task "
         "networks of the same seed. Proxy: the tree's validation Δm with the supernet's weights (BatchNorm recalibrated per "
         "path on 512 training inputs), against the proxy of the single-task networks. Kendall τ-b and Spearman ρ over all "
         "trees, median [min, max] over supernet seeds; the ceiling is the table's own split-half reliability."),
