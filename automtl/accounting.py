@@ -11,8 +11,9 @@ compute; the seconds show the rest.
 Three stages are counted apart: **screening** (the obvious designs and the sampled trials; with the
 ``supernet`` strategy, the supernet's training and every proxy evaluation, counted by the same
 rule: forward passes at a third of a training step's cost),
-**baselines** (the single-task networks that choose the learning rates, and their
-confirmation-seed runs) and **confirmation** (the retrained designs).
+**baselines** (the single-task networks that choose the learning rates) and **confirmation**
+(the retrained designs and the single-task networks' runs on the confirmation seeds, as the
+confirmation stage's own line counts them).
 """
 
 from __future__ import annotations
@@ -93,6 +94,6 @@ def cost_by_stage(study: optuna.Study) -> list[StageCost]:
             continue
         if "flops" not in result:
             continue
-        stage = baselines if t.user_attrs["job"]["key"].startswith("baseline") else confirmation
+        stage = baselines if t.user_attrs["job"]["key"].startswith("baseline-tune/") else confirmation
         stage.add(run_tre(int(result["epochs"]), config_epochs, float(result["flops"]), hps_flops), float(result["seconds"]))
     return [screening, baselines, confirmation]

@@ -550,6 +550,8 @@ def load_config(path: str | os.PathLike[str], *, trust_code: bool = False) -> Se
         ConfigError: Invalid YAML or an invalid key (the message names it).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -40,8 +40,8 @@ __all__ = [
     "ConfirmedDesign",
     "analyse",
     "compare",
-    "recheck",
     "pareto_indices",
+    "recheck",
 ]
 
 #: The key of the single-task networks (the baselines) among the confirmed designs.
@@ -247,7 +247,7 @@ def _verdict(conf: Confirmation) -> str:
     lines: list[str] = []
     n = len(conf.seeds)
     if best.key == SINGLE_TASK:
-        others = sorted(conf.comparisons, key=lambda c: c.mean, reverse=True)
+        others = sorted(conf.comparisons, key=lambda c: c.mean)  # answer minus other: the smallest gap first
         lines.append(f"no candidate beats single-task networks: they have the best mean over {n} fresh seeds.")
         if others:
             closest = others[0]

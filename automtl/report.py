@@ -330,12 +330,18 @@ def format_export(metrics: Mapping[str, Any], out_dir: str) -> str:
         if not summary:
             continue
         keys = [*tasks, "(mean_score)", *(["(delta_m %)"] if "(delta_m %)" in summary["test"] else [])]
-        rrows = [[k, *(f"{summary[s][k]['mean']:.4f} ± {summary[s][k]['std']:.4f}" for s in ("val", "test"))] for k in keys]
+        rrows = [[k, *(_pm4(summary[s][k]) for s in ("val", "test"))] for k in keys]
         text += f"\n\n{title}, {summary['seeds']} seed(s) (every seed reported, none chosen; mean ± std):\n"
         text += format_table(["task", "val", "test"], rrows)
     if metrics.get("verdict"):
         text += f"\n\nverdict (confirmation on validation):\n{metrics['verdict']}"
     return text
+
+
+def _pm4(v: Mapping[str, float]) -> str:
+    """``mean ± std`` with 4 decimals; a mean that rounds to zero prints as 0 (never ``-0.0000``)."""
+    mean = v["mean"] + 0.0 if round(v["mean"], 4) != 0 else 0.0
+    return f"{mean:.4f} ± {v['std']:.4f}"
 
 
 def format_fixed(
@@ -356,7 +362,7 @@ def format_fixed(
         metric = task.metric if task else ("mean_score" if key == "(mean_score)" else "Δm %")
         direction = METRICS.get(task.metric).direction if task else "maximize"
         v, te = summary["val"][key], summary["test"][key]
-        rows.append([key, metric, direction, f"{v['mean']:.4f} ± {v['std']:.4f}", f"{te['mean']:.4f} ± {te['std']:.4f}"])
+        rows.append([key, metric, direction, _pm4(v), _pm4(te)])
     head = (
         f"arch [{result.tree.compact()}], balancer {result.balancer}, {summary['n_params']} parameters, "
         f"{summary['seeds']} seed(s); mean ± std over seeds"

@@ -311,3 +311,11 @@ def test_recheck_judges_recorded_runs_by_the_current_rules() -> None:
     again = recheck(old)
     assert again.verdict == conf.verdict and again.to_dict() == conf.to_dict()
     assert recheck(conf).to_dict() == conf.to_dict()
+
+
+def test_closest_names_the_design_nearest_to_single_task_networks() -> None:
+    near = _design("near", _plus(SINGLE, [-0.01, -0.02, 0.0, -0.01]), 300)
+    far = _design("far", _plus(SINGLE, [-0.20, -0.25, -0.22, -0.21]), 100)
+    conf = _analyse([far, near])
+    assert conf.answer == SINGLE_TASK
+    assert "closest: near, -0.0100 mean score against them" in conf.verdict

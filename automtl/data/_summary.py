@@ -93,7 +93,7 @@ def _inputs(data: MultiTaskData) -> list[str]:
         declared = set(data.info.get("categorical") or ())
         one_hot = sum(int(c["categories"]) for c in categorical)
         names = [f"{c['column']} ({c['categories']}{', declared' if c['column'] in declared else ''})" for c in categorical]
-        out += _listed(f"categorical, one-hot ({one_hot} inputs; N categories)", names, len(categorical))
+        out += _listed(f"categorical, one-hot ({one_hot} inputs; (n) = categories)", names, len(categorical))
     if flagged and len(flagged) == len(columns):
         out.append(f"  missing-value indicator (1 input each) on every column ({len(flagged)} inputs)")
     elif flagged:

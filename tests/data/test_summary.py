@@ -34,7 +34,7 @@ def test_csv_summary(tmp_path: Path) -> None:
     assert lines[5:] == [
         "inputs: 6 from 3 columns",
         "  numeric, standardized, 2 columns: id, age",
-        "  categorical, one-hot (3 inputs; N categories), 1 column: city (3)",
+        "  categorical, one-hot (3 inputs; (n) = categories), 1 column: city (3)",
         "  missing-value indicator (1 input each), 1 column: age",
     ]
     assert data.info["num_features"] == 6
