@@ -262,16 +262,15 @@ def truth_lines(table: dict[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------------------ simulated searches
 #: The samplers compared: automtl's setting (``automtl.search._make_sampler``), random search,
-#: and TPE variants (more start-up trials, ``consider_endpoints``, a heavier prior).
+#: and TPE variants (more start-up trials; Optuna's default, independent TPE). (``consider_endpoints``
+#: and ``prior_weight`` are deprecated in Optuna 4.9 and not tried.)
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe (automtl: multivariate, group, 5 start-up)": lambda seed: _make_sampler(
         gt_config(), seed
     ),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     "tpe, 10 start-up": lambda seed: _tpe(seed, n_startup_trials=10),
-    "tpe, 10 start-up, consider_endpoints, prior_weight 2": lambda seed: _tpe(
-        seed, n_startup_trials=10, consider_endpoints=True, prior_weight=2.0
-    ),
+    "tpe, 20 start-up": lambda seed: _tpe(seed, n_startup_trials=20),
     "tpe, independent (default Optuna)": lambda seed: optuna.samplers.TPESampler(
         seed=seed
     ),
@@ -290,34 +289,35 @@ def simulate_search(
     make: Callable[[int], optuna.samplers.BaseSampler],
     seed: int,
     per_seed: dict[str, list[float]],
-    budget: int,
+    budgets: Sequence[int],
     top_k: int = 3,
 ) -> dict[str, Any]:
-    """One search over the table, following automtl's protocol.
+    """One search over the table, following automtl's protocol, read at several budgets.
 
     The obvious designs are enqueued first; a sampled tree is trained (its value: the table's
     value on a seed drawn for that run, without replacement within the tree) at most
     :data:`automtl.screening.MAX_SCREEN_RUNS` times, a further proposal is answered with the mean
-    of its runs and not counted; the search stops after ``budget`` trainings or
-    :data:`automtl.screening.MAX_ANSWERED_STREAK` answered proposals in a row. Confirmation: the
-    ``top_k`` trees by mean screening value and the best obvious design, each valued by the
-    mean over the table's seeds *not* used in its screening runs; the answer is the best of them.
+    of its runs and not counted; the search stops after ``max(budgets)`` trainings or
+    :data:`automtl.screening.MAX_ANSWERED_STREAK` answered proposals in a row. Confirmation at
+    budget ``b`` (from the first ``b`` trainings): the ``top_k`` trees by mean screening value
+    and both obvious designs (hard sharing, single-task networks), each valued by the mean over
+    the table's seeds *not* used in its screening runs; the answer is the best of them.
     """
     rng = random.Random(seed)
     n_blocks = len(next(iter(per_seed)).split(" | "))
     space = SearchSpace(gt_config(), list(GT_RAW["data"]["options"]["tasks"]), n_blocks)
     study = optuna.create_study(direction="maximize", sampler=make(seed))
-    obvious = {
+    obvious = [
         BranchTree.hard_sharing(space.tasks, space.n_blocks).compact(),
         BranchTree.single_task(space.tasks, space.n_blocks).compact(),
-    }
+    ]
     for design in space.obvious_designs():
         study.enqueue_trial(design.params)
     runs: dict[str, list[int]] = {}
-    order: list[str] = []  # trees in the order of their first training
-    trainings = streak = 0
+    trained: list[tuple[str, int]] = []  # (tree, table seed) in training order
+    streak = 0
     n_seeds = len(next(iter(per_seed.values())))
-    while trainings < budget and streak < MAX_ANSWERED_STREAK:
+    while len(trained) < max(budgets) and streak < MAX_ANSWERED_STREAK:
         trial = study.ask()
         key = space.sample(trial).tree.compact()
         used = runs.setdefault(key, [])
@@ -328,25 +328,24 @@ def simulate_search(
         streak = 0
         s = rng.choice([i for i in range(n_seeds) if i not in used])
         used.append(s)
-        trainings += 1
-        if len(used) == 1:
-            order.append(key)
+        trained.append((key, s))
         study.tell(trial, per_seed[key][s])
-    screened = {
-        k: statistics.fmean(per_seed[k][s] for s in v) for k, v in runs.items() if v
-    }
-    top = sorted((k for k in screened if k not in obvious), key=lambda k: -screened[k])[
-        :top_k
-    ]
-    top.append(max((k for k in screened if k in obvious), key=lambda k: screened[k]))
 
-    def confirmed(key: str) -> float:
-        fresh = [i for i in range(n_seeds) if i not in runs[key]] or list(
-            range(n_seeds)
-        )
-        return statistics.fmean(per_seed[key][i] for i in fresh)
+    def answer(budget: int) -> str:
+        seen: dict[str, list[int]] = {}
+        for key, s in trained[:budget]:
+            seen.setdefault(key, []).append(s)
+        screened = {k: statistics.fmean(per_seed[k][s] for s in v) for k, v in seen.items()}
+        top = sorted((k for k in screened if k not in obvious), key=lambda k: -screened[k])[:top_k] + obvious
 
-    return {"order": order, "answer": max(top, key=confirmed), "trainings": trainings}
+        def confirmed(key: str) -> float:
+            fresh = [i for i in range(n_seeds) if i not in seen.get(key, [])] or list(range(n_seeds))
+            return statistics.fmean(per_seed[key][i] for i in fresh)
+
+        return max(top, key=confirmed)
+
+    order = list(dict.fromkeys(k for k, _ in trained))
+    return {"order": order, "trained": [k for k, _ in trained], "answers": {b: answer(b) for b in budgets}}
 
 
 def simulation_lines(
@@ -369,17 +368,11 @@ def simulation_lines(
     for name, make in SAMPLERS.items():
         reach, distinct, within = [], [], {b: 0 for b in budgets}
         for seed in range(n_searches):
+            out = simulate_search(make, seed, per_seed, budgets)
             for b in budgets:
-                out = simulate_search(make, seed, per_seed, b)
-                within[b] += out["answer"] in good
-                if b == max(budgets):
-                    reach.append(
-                        next(
-                            (i + 1 for i, k in enumerate(out["order"]) if k in good),
-                            math.inf,
-                        )
-                    )
-                    distinct.append(len(out["order"]))
+                within[b] += out["answers"][b] in good
+            reach.append(next((i + 1 for i, k in enumerate(out["trained"]) if k in good), math.inf))
+            distinct.append(len(out["order"]))
         q = statistics.quantiles(reach, n=4, method="inclusive")
         never = sum(math.isinf(r) for r in reach)
         cells = " | ".join(f"{within[b] / n_searches:.0%}" for b in budgets)
