@@ -422,6 +422,11 @@ def simulation_lines(
 SEARCHES = ROOT / "runs" / "benchmarks" / "ground_truth_scenes_searches.json"
 
 
+def searches_file(strategy: str) -> Path:
+    """Where the real searches of ``strategy`` are cached (one file per strategy: they may run at once)."""
+    return SEARCHES if strategy == "full" else SEARCHES.with_name(f"{SEARCHES.stem}_{strategy}.json")
+
+
 def real_search(seed: int, n_trials: int, strategy: str) -> dict[str, Any]:
     """One ``automtl search`` of the space (confirmation on, its defaults), in a fresh SQLite study."""
     from automtl.accounting import cost_by_stage
@@ -452,23 +457,25 @@ def real_search(seed: int, n_trials: int, strategy: str) -> dict[str, Any]:
 
 
 def run_searches(n: int, n_trials: int, strategy: str) -> None:
+    path = searches_file(strategy)
     done: list[dict[str, Any]] = (
-        json.loads(SEARCHES.read_text()) if SEARCHES.is_file() else []
+        json.loads(path.read_text()) if path.is_file() else []
     )
     have = {(r["strategy"], r["seed"], r["n_trials"]) for r in done}
     for seed in range(n):
         if (strategy, seed, n_trials) in have:
             continue
         done.append(real_search(seed, n_trials, strategy))
-        SEARCHES.parent.mkdir(parents=True, exist_ok=True)
-        SEARCHES.write_text(json.dumps(done, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(done, indent=1))
         r = done[-1]
         print(f"search {strategy} seed {seed}: {r['answer']} ({r['label']}) confirmed {r['confirmed_mean']:+.2f} "
               f"± {r['confirmed_std']:.2f}, {r['wall_seconds']:.0f} s", flush=True)  # fmt: skip
 
 
 def search_lines(table: dict[str, Any]) -> list[str]:
-    if not SEARCHES.is_file():
+    files = [f for f in (searches_file("full"), searches_file("supernet")) if f.is_file()]
+    if not files:
         return ["(no real searches run yet)"]
     per_seed = per_seed_delta_m(table, "val")
     test = per_seed_delta_m(table, "test")
@@ -480,7 +487,7 @@ def search_lines(table: dict[str, Any]) -> list[str]:
         "| strategy | trials | search seed | answer (tree) | its rank of 154 | its true val Δm (%) | within 1 s.e. of best | true test Δm (%) | cost: screening / baselines / confirmation (training-run equivalents) | wall (s) |",
         "|---|---:|---:|---|---:|---:|---|---:|---|---:|",
     ]
-    rows = json.loads(SEARCHES.read_text())
+    rows = [r for f in files for r in json.loads(f.read_text())]
     for r in rows:
         key = r["answer"]
         c = r["cost"]
