@@ -214,6 +214,11 @@ def reliability(per_seed: dict[str, list[float]]) -> tuple[float, float]:
     return r, 2 * r / (1 + r)
 
 
+def _md(key: str) -> str:
+    """A tree's compact form inside a markdown table cell (its block separators escaped)."""
+    return key.replace(" | ", " \\| ")
+
+
 def _median_reliability(per_seed: dict[str, list[float]]) -> float:
     from scipy.stats import spearmanr
 
@@ -286,7 +291,7 @@ def truth_lines(table: dict[str, Any]) -> list[str]:
     for key in shown:
         label = f" ({named[key]})" if key in named else ""
         lines.append(
-            f"| {order.index(key) + 1} | {key}{label} | {means[key]:+.2f} ± {_sem(val[key]):.2f} | "
+            f"| {order.index(key) + 1} | {_md(key)}{label} | {means[key]:+.2f} ± {_sem(val[key]):.2f} | "
             f"{statistics.fmean(test[key]):+.2f} | {table['trees'][key]['n_params']:,} |"
         )
     return lines
@@ -497,7 +502,7 @@ def search_lines(table: dict[str, Any]) -> list[str]:
         key = r["answer"]
         c = r["cost"]
         lines.append(
-            f"| {r['strategy']} | {r['n_trials']} | {r['seed']} | {key} | {order.index(key) + 1} | {means[key]:+.2f} | "
+            f"| {r['strategy']} | {r['n_trials']} | {r['seed']} | {_md(key)} | {order.index(key) + 1} | {means[key]:+.2f} | "
             f"{'yes' if means[key] >= target else 'no'} | {statistics.fmean(test[key]):+.2f} | "
             f"{c['screening']['tre']:.1f} / {c['baselines']['tre']:.1f} / {c['confirmation']['tre']:.1f} | {r['wall_seconds']:.0f} |"
         )
